@@ -1,0 +1,155 @@
+"""The operator's command line: serve, migrate, projects, keys, audit-consume."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from service.settings import ConfigurationError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="secrets-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--graceful-shutdown-seconds", type=float, default=10.0)
+
+    commands.add_parser("migrate", help="apply pending database migrations")
+
+    projects = commands.add_parser("projects", help="manage projects").add_subparsers(dest="action", required=True)
+    create_project = projects.add_parser("create", help="create a project and its first API key (printed once)")
+    create_project.add_argument("name")
+
+    keys = commands.add_parser("keys", help="master keys and API keys").add_subparsers(dest="action", required=True)
+    generate = keys.add_parser("generate", help="print a new SECRETS_MASTER_KEYS entry")
+    generate.add_argument("--key-id", default=None)
+    generate.add_argument("--hash-key", action="store_true", help="print a new API_KEY_HASH_KEY instead")
+    issue = keys.add_parser("issue", help="issue another API key for a project (printed once)")
+    issue.add_argument("project_id")
+    revoke = keys.add_parser("revoke", help="revoke an API key by its id")
+    revoke.add_argument("api_key_id")
+
+    audit = commands.add_parser("audit-consume", help="append secret events from Kafka to an audit log")
+    audit.add_argument("--output", type=Path, default=Path("data/audit.jsonl"))
+    audit.add_argument("--group", default="secrets-audit")
+    audit.add_argument("--idle-exit-seconds", type=float, default=None)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.command == "keys" and args.action == "generate":
+        return _generate_key(args)
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "projects":
+        return asyncio.run(_create_project(settings, args.name))
+    if args.command == "keys" and args.action == "issue":
+        return asyncio.run(_issue_key(settings, args.project_id))
+    if args.command == "keys" and args.action == "revoke":
+        return asyncio.run(_revoke_key(settings, args.api_key_id))
+    if args.command == "audit-consume":
+        from service.audit import consume
+
+        try:
+            asyncio.run(
+                consume(settings.kafka_bootstrap_servers, settings.kafka_topic, args.output, args.group,
+                        args.idle_exit_seconds)
+            )
+        except KeyboardInterrupt:
+            pass
+        return 0
+    parser.error("unknown command")
+    return 2
+
+
+def _generate_key(args: argparse.Namespace) -> int:
+    from service.crypto import generate_master_key_entry
+
+    if args.hash_key:
+        print(base64.b64encode(os.urandom(32)).decode())
+    else:
+        from datetime import UTC, datetime
+
+        print(generate_master_key_entry(args.key_id or datetime.now(UTC).strftime("k%Y%m%d%H%M%S")))
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_shutdown_seconds,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+async def _migrate(settings: Settings) -> int:
+    from service.migrations import migrate
+    from service.store import open_database
+
+    database = open_database(settings.database_url)
+    await database.connect()
+    try:
+        applied = await migrate(database)
+    finally:
+        await database.disconnect()
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+async def _create_project(settings: Settings, name: str) -> int:
+    from service import admin
+
+    result = await admin.create_project(settings, name)
+    print(json.dumps(result))
+    return 0
+
+
+async def _issue_key(settings: Settings, project_id: str) -> int:
+    from service import admin
+
+    print(json.dumps(await admin.issue_api_key(settings, project_id)))
+    return 0
+
+
+async def _revoke_key(settings: Settings, api_key_id: str) -> int:
+    from service import admin
+
+    revoked = await admin.revoke_api_key(settings, api_key_id)
+    print(json.dumps({"apiKeyId": api_key_id, "revoked": revoked}))
+    return 0 if revoked else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Envelope encryption of secret values and hashing of API keys.
+
+A value is encrypted with a fresh 256-bit data key; the data key is wrapped by the
+primary master key. Both AES-256-GCM operations take associated data naming the
+project, the secret and its name, so a stored blob only opens for the row it was
+written for. Rotating master keys re-wraps data keys; values are never re-encrypted.
+
+Sealed format, version 1:
+    0x01 | len(key_id):u8 | key_id | wrap_nonce:12 | wrapped_key:48 | nonce:12 | ciphertext+tag
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import string
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from service.settings import ConfigurationError, Secret
+
+FORMAT_VERSION = 1
+_VERSION = bytes((FORMAT_VERSION,))
+_NONCE = 12
+_WRAPPED_KEY = 32 + 16
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_API_KEY_ALPHABET = string.ascii_letters + string.digits
+API_KEY_PREFIX = "sk-lw-"
+
+
+class DecryptionError(Exception):
+    """A sealed value could not be opened: wrong key, wrong row or tampered bytes."""
+
+
+class Keyring:
+    """Master keys by id; the first one seals, every one of them opens."""
+
+    __slots__ = ("_keys", "primary_id")
+
+    def __init__(self, keys: dict[str, AESGCM], primary_id: str) -> None:
+        self._keys = keys
+        self.primary_id = primary_id
+
+    def __repr__(self) -> str:
+        return f"Keyring(key_ids={list(self._keys)!r})"
+
+    @classmethod
+    def from_setting(cls, setting: Secret) -> Keyring:
+        keys: dict[str, AESGCM] = {}
+        primary_id = ""
+        for entry in setting.reveal().split(","):
+            key_id, sep, encoded = entry.strip().partition(":")
+            if not sep or not _KEY_ID.fullmatch(key_id):
+                raise ConfigurationError(
+                    "SECRETS_MASTER_KEYS entries must look like key_id:base64key"
+                )
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise ConfigurationError(
+                    f"SECRETS_MASTER_KEYS entry {key_id!r} is not valid base64"
+                ) from None
+            if len(raw) != 32:
+                raise ConfigurationError(
+                    f"SECRETS_MASTER_KEYS entry {key_id!r} must decode to 32 bytes"
+                )
+            if key_id in keys:
+                raise ConfigurationError(f"SECRETS_MASTER_KEYS names {key_id!r} twice")
+            keys[key_id] = AESGCM(raw)
+            primary_id = primary_id or key_id
+        return cls(keys, primary_id)
+
+    def _key(self, key_id: str) -> AESGCM:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise DecryptionError(f"unknown master key id {key_id!r}") from None
+
+
+def generate_master_key_entry(key_id: str) -> str:
+    """A new `key_id:base64key` entry for SECRETS_MASTER_KEYS."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise ValueError("key id must be 1-64 of A-Z a-z 0-9 _ . -")
+    return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+def associated_data(project_id: str, secret_id: str, name: str) -> bytes:
+    """What a sealed value is bound to: the row it belongs to."""
+    return f"secret/v1\x00{project_id}\x00{secret_id}\x00{name}".encode()
+
+
+def seal(keyring: Keyring, plaintext: str, aad: bytes) -> bytes:
+    data_key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(_NONCE)
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext.encode(), _VERSION + aad)
+    return _wrap(keyring, data_key, aad) + nonce + ciphertext
+
+
+def unseal(keyring: Keyring, blob: bytes, aad: bytes) -> str:
+    data_key, body = _unwrap(keyring, blob, aad)
+    try:
+        return AESGCM(data_key).decrypt(body[:_NONCE], body[_NONCE:], _VERSION + aad).decode()
+    except (InvalidTag, ValueError):
+        raise DecryptionError("sealed value does not open with this key and row") from None
+
+
+def rewrap(keyring: Keyring, blob: bytes, aad: bytes) -> bytes:
+    """The same sealed value with its data key wrapped by the primary master key."""
+    data_key, body = _unwrap(keyring, blob, aad)
+    return _wrap(keyring, data_key, aad) + body
+
+
+def sealed_key_id(blob: bytes) -> str:
+    if len(blob) < 2 or blob[0] != FORMAT_VERSION:
+        raise DecryptionError("unsupported sealed format")
+    return blob[2 : 2 + blob[1]].decode()
+
+
+def _wrap(keyring: Keyring, data_key: bytes, aad: bytes) -> bytes:
+    kid = keyring.primary_id.encode()
+    header = _VERSION + bytes((len(kid),)) + kid
+    wrap_nonce = os.urandom(_NONCE)
+    return header + wrap_nonce + keyring._key(keyring.primary_id).encrypt(wrap_nonce, data_key, header + aad)
+
+
+def _unwrap(keyring: Keyring, blob: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    key_id = sealed_key_id(blob)
+    offset = 2 + blob[1]
+    header = blob[:offset]
+    wrap_nonce = blob[offset : offset + _NONCE]
+    wrapped = blob[offset + _NONCE : offset + _NONCE + _WRAPPED_KEY]
+    try:
+        data_key = keyring._key(key_id).decrypt(wrap_nonce, wrapped, header + aad)
+    except InvalidTag:
+        raise DecryptionError("sealed value does not open with this key and row") from None
+    return data_key, blob[offset + _NONCE + _WRAPPED_KEY :]
+
+
+def generate_api_key() -> str:
+    """A project API key: sk-lw- and 48 alphanumerics from the OS CSPRNG."""
+    return API_KEY_PREFIX + "".join(secrets.choice(_API_KEY_ALPHABET) for _ in range(48))
+
+
+def hash_api_key(hash_key: bytes, api_key: str) -> str:
+    """The keyed hash stored in place of the key."""
+    return hmac.new(hash_key, api_key.encode(), hashlib.sha256).hexdigest()
+
+
+def keyed_fingerprint(hash_key: bytes, *parts: bytes) -> str:
+    """A keyed digest of request parts: comparable, yet reveals nothing of them."""
+    mac = hmac.new(hash_key, b"fingerprint/v1", hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()

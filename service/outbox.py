@@ -1,0 +1,309 @@
+"""Secret events: written to the outbox with the change, relayed to Kafka after commit.
+
+The relay publishes pending rows in commit order with an idempotent producer, then
+marks them published: delivery is at least once, and consumers drop repeats by the
+CloudEvents id. Records are keyed by secret id, so one secret's events share a
+partition and arrive in order. With several replicas on PostgreSQL only the holder
+of an advisory lock relays; when it dies its session ends, the lock frees, and a
+standby takes over on its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from databases import Database
+from databases.core import Connection
+
+from service import repository
+from service.repository import OutboxEvent, SecretRecord
+from service.settings import Settings
+
+logger = logging.getLogger("service.outbox")
+
+SPECVERSION = "1.0"
+_TOPIC_ALREADY_EXISTS = 36
+_RELAY_LOCK = 0x5EC7E76
+_BATCH = 500
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with milliseconds, as the API returns timestamps."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_event(
+    event_type: str, record: SecretRecord, *, api_key_id: str, request_id: str, at: str
+) -> OutboxEvent:
+    data: dict[str, Any] = {
+        **record.to_json(),
+        "secretId": record.id,
+        "keyId": record.key_id,
+        "actor": {"apiKeyId": api_key_id},
+        "requestId": request_id,
+    }
+    del data["id"]
+    if event_type == "secret.deleted":
+        data["deletedAt"] = at
+    return OutboxEvent(
+        event_id=str(uuid.uuid4()),
+        event_type=event_type,
+        subject=record.id,
+        payload=json.dumps(data, separators=(",", ":")),
+        created_at=at,
+    )
+
+
+def kafka_headers(event: OutboxEvent, source: str) -> list[tuple[str, bytes]]:
+    return [
+        ("ce_specversion", SPECVERSION.encode()),
+        ("ce_id", event.event_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", event.event_type.encode()),
+        ("ce_time", event.created_at.encode()),
+        ("ce_subject", event.subject.encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
+class EventPublisher:
+    """An idempotent producer whose every call is bounded, recreated after any failure."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._topic_ready = False
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        timeout = self._settings.kafka_timeout_seconds
+        try:
+            producer = await self._ready_producer()
+            async with asyncio.timeout(timeout):
+                futures = [
+                    await producer.send(
+                        self._settings.kafka_topic,
+                        value=event.payload.encode(),
+                        key=event.subject.encode(),
+                        headers=kafka_headers(event, self._settings.event_source),
+                    )
+                    for event in events
+                ]
+                await asyncio.gather(*futures)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        if not self._topic_ready:
+            await self._ensure_topic()
+            self._topic_ready = True
+        if self._producer is None:
+            timeout_ms = int(self._settings.kafka_timeout_seconds * 1000)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=2,
+                request_timeout_ms=timeout_ms,
+                client_id="secrets-service",
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self._settings.kafka_timeout_seconds)
+            except BaseException:
+                await _bounded(producer.stop(), 5)
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _ensure_topic(self) -> None:
+        settings = self._settings
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            request_timeout_ms=int(settings.kafka_timeout_seconds * 1000),
+        )
+        try:
+            async with asyncio.timeout(settings.kafka_timeout_seconds):
+                await admin.start()
+                response = await admin.create_topics([
+                    NewTopic(
+                        settings.kafka_topic,
+                        num_partitions=settings.kafka_topic_partitions,
+                        replication_factor=settings.kafka_replication_factor,
+                        topic_configs={
+                            "min.insync.replicas": str(max(1, settings.kafka_replication_factor - 1)),
+                            "cleanup.policy": "delete",
+                        },
+                    )
+                ])
+            for _topic, code, *_ in response.topic_errors:
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise RuntimeError(f"creating topic {settings.kafka_topic!r} failed with error code {code}")
+                if code == 0:
+                    logger.info("created topic %s", settings.kafka_topic)
+        finally:
+            await _bounded(admin.close(), 5)
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _bounded(producer.stop(), 5)
+
+
+async def _bounded(awaitable: Any, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except Exception as exc:
+        logger.warning("Kafka client did not close cleanly: %s", type(exc).__name__)
+
+
+class RelayLease:
+    """Who relays: always this process on SQLite; the advisory-lock holder on PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._postgres = database.url.dialect == "postgresql"
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._conn: Connection | None = None
+
+    async def held(self) -> bool:
+        if not self._postgres:
+            return True
+        if self._conn is not None:
+            try:
+                await asyncio.wait_for(self._conn.fetch_val("SELECT 1"), 5)
+                return True
+            except Exception:
+                logger.warning("relay lease connection lost")
+                await self.release()
+        try:
+            stack = contextlib.AsyncExitStack()
+            conn = await stack.enter_async_context(self._database.connection())
+            got = await asyncio.wait_for(conn.fetch_val(f"SELECT pg_try_advisory_lock({_RELAY_LOCK})"), 5)
+        except Exception as exc:
+            logger.warning("relay lease unavailable: %s", type(exc).__name__)
+            return False
+        if not got:
+            await stack.aclose()
+            return False
+        logger.info("this replica now relays the outbox")
+        self._stack, self._conn = stack, conn
+        return True
+
+    async def release(self) -> None:
+        stack, self._stack, self._conn = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows; woken after each commit, and polling besides."""
+
+    def __init__(self, settings: Settings, store: Any, publisher: EventPublisher, lease: RelayLease) -> None:
+        self._settings = settings
+        self._store = store
+        self._publisher = publisher
+        self._lease = lease
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Give the relay a bounded time to flush what is pending; the rest stays in the outbox."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, self._settings.relay_shutdown_seconds)
+            except TimeoutError:
+                logger.warning("relay did not flush within %.1fs; pending events stay in the outbox",
+                               self._settings.relay_shutdown_seconds)
+        await self._publisher.close()
+        await self._lease.release()
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            self._wakeup.clear()
+            try:
+                if await self._lease.held():
+                    while await self._publish_round() == _BATCH:
+                        pass
+                    await self._maybe_prune()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                if self._stopping:
+                    return
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if self._stopping:
+                return
+            await self._sleep(self._settings.outbox_poll_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def _publish_round(self) -> int:
+        events = await self._store.read(lambda conn: repository.pending_events(conn, _BATCH))
+        if not events:
+            return 0
+        await self._publisher.publish(events)
+        await self._store.write(MarkPublished([e.seq for e in events], utc_now()))
+        return len(events)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 60
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.outbox_retention_seconds)
+        before = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        pruned = await self._store.write(PruneOutbox(before))
+        if pruned:
+            logger.info("pruned %d published outbox rows", pruned)
+
+
+class MarkPublished:
+    writes_events = False
+
+    def __init__(self, seqs: list[int], at: str) -> None:
+        self.seqs, self.at = seqs, at
+
+    @classmethod
+    async def run_batch(cls, conn: Connection, jobs: Sequence[MarkPublished]) -> list[Any]:
+        for job in jobs:
+            await repository.mark_published(conn, job.seqs, job.at)
+        return [None] * len(jobs)
+
+
+class PruneOutbox:
+    writes_events = False
+
+    def __init__(self, before: str) -> None:
+        self.before = before
+
+    @classmethod
+    async def run_batch(cls, conn: Connection, jobs: Sequence[PruneOutbox]) -> list[Any]:
+        return [await repository.prune_published(conn, job.before) for job in jobs]

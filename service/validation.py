@@ -1,0 +1,104 @@
+"""Request bodies: parsed strictly, checked against the contract, values never echoed."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import BadRequest, UnsupportedMediaType, Unprocessable
+
+NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*")
+MAX_NAME_LENGTH = 255
+MAX_VALUE_LENGTH = 10000
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class NewSecret:
+    name: str
+    value: str
+
+    def __repr__(self) -> str:
+        return f"NewSecret(name={self.name!r}, value='**********')"
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says why."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not valid UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except _DuplicateKey:
+        raise BadRequest("Request body repeats a key") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply") from None
+    except ValueError:
+        # JSONDecodeError, and ints past Python's digit limit.
+        raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return data
+
+
+def parse_new_secret(data: dict[str, Any]) -> NewSecret:
+    return NewSecret(name=_name(data), value=_value(data))
+
+
+def parse_value(data: dict[str, Any]) -> str:
+    return _value(data)
+
+
+def _name(data: dict[str, Any]) -> str:
+    if "name" not in data:
+        raise Unprocessable("name is required")
+    name = data["name"]
+    if not isinstance(name, str):
+        raise Unprocessable("name must be a string")
+    if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise Unprocessable(
+            f"name must match ^[A-Z][A-Z0-9_]*$ and be at most {MAX_NAME_LENGTH} characters"
+        )
+    return name
+
+
+def _value(data: dict[str, Any]) -> str:
+    if "value" not in data:
+        raise Unprocessable("value is required")
+    value = data["value"]
+    if not isinstance(value, str):
+        raise Unprocessable("value must be a string")
+    if not 1 <= len(value) <= MAX_VALUE_LENGTH:
+        raise Unprocessable(f"value must be 1 to {MAX_VALUE_LENGTH} characters long")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unprocessable("value must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
