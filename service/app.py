@@ -66,13 +66,13 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(errors.ServerErrorMiddleware),
             Middleware(RequestIdMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers={
             errors.ServiceError: errors.service_error,
             HTTPException: errors.http_error,
-            Exception: errors.server_error,
         },
         lifespan=lifespan,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -25,11 +26,17 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply pending database migrations")
 
-    projects = commands.add_parser("projects", help="manage projects").add_subparsers(dest="action", required=True)
-    create_project = projects.add_parser("create", help="create a project and its first API key (printed once)")
+    projects = commands.add_parser("projects", help="manage projects").add_subparsers(
+        dest="action", required=True
+    )
+    create_project = projects.add_parser(
+        "create", help="create a project and its first API key (printed once)"
+    )
     create_project.add_argument("name")
 
-    keys = commands.add_parser("keys", help="master keys and API keys").add_subparsers(dest="action", required=True)
+    keys = commands.add_parser("keys", help="master keys and API keys").add_subparsers(
+        dest="action", required=True
+    )
     generate = keys.add_parser("generate", help="print a new SECRETS_MASTER_KEYS entry")
     generate.add_argument("--key-id", default=None)
     generate.add_argument("--hash-key", action="store_true", help="print a new API_KEY_HASH_KEY instead")
@@ -68,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit-consume":
         from service.audit import consume
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
-                consume(settings.kafka_bootstrap_servers, settings.kafka_topic, args.output, args.group,
-                        args.idle_exit_seconds)
+                consume(
+                    settings.kafka_bootstrap_servers,
+                    settings.kafka_topic,
+                    args.output,
+                    args.group,
+                    args.idle_exit_seconds,
+                )
             )
-        except KeyboardInterrupt:
-            pass
         return 0
     parser.error("unknown command")
     return 2

@@ -57,9 +57,7 @@ class Keyring:
         for entry in setting.reveal().split(","):
             key_id, sep, encoded = entry.strip().partition(":")
             if not sep or not _KEY_ID.fullmatch(key_id):
-                raise ConfigurationError(
-                    "SECRETS_MASTER_KEYS entries must look like key_id:base64key"
-                )
+                raise ConfigurationError("SECRETS_MASTER_KEYS entries must look like key_id:base64key")
             try:
                 raw = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
@@ -67,9 +65,7 @@ class Keyring:
                     f"SECRETS_MASTER_KEYS entry {key_id!r} is not valid base64"
                 ) from None
             if len(raw) != 32:
-                raise ConfigurationError(
-                    f"SECRETS_MASTER_KEYS entry {key_id!r} must decode to 32 bytes"
-                )
+                raise ConfigurationError(f"SECRETS_MASTER_KEYS entry {key_id!r} must decode to 32 bytes")
             if key_id in keys:
                 raise ConfigurationError(f"SECRETS_MASTER_KEYS names {key_id!r} twice")
             keys[key_id] = AESGCM(raw)

@@ -91,7 +91,10 @@ def openapi_document() -> dict[str, Any]:
                     "description": "List the project's secrets, ordered by name. Values are never returned.",
                     "operationId": "getApiSecrets",
                     "responses": {
-                        "200": {"description": "The project's secrets", **_json({"type": "array", "items": _METADATA})},
+                        "200": {
+                            "description": "The project's secrets",
+                            **_json({"type": "array", "items": _METADATA}),
+                        },
                         **_errors(401, 500, 503),
                     },
                 },
@@ -121,11 +124,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "Secret deleted",
-                            **_json({
-                                "type": "object",
-                                "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}},
-                                "required": ["id", "deleted"],
-                            }),
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}},
+                                    "required": ["id", "deleted"],
+                                }
+                            ),
                         },
                         **_errors(401, 404, 500, 503),
                     },
@@ -139,7 +144,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "Healthy",
-                            **_json({"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}),
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {"status": {"type": "string"}},
+                                    "required": ["status"],
+                                }
+                            ),
                         },
                         **_errors(500, 503),
                     },

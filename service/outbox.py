@@ -134,20 +134,24 @@ class EventPublisher:
         try:
             async with asyncio.timeout(settings.kafka_timeout_seconds):
                 await admin.start()
-                response = await admin.create_topics([
-                    NewTopic(
-                        settings.kafka_topic,
-                        num_partitions=settings.kafka_topic_partitions,
-                        replication_factor=settings.kafka_replication_factor,
-                        topic_configs={
-                            "min.insync.replicas": str(max(1, settings.kafka_replication_factor - 1)),
-                            "cleanup.policy": "delete",
-                        },
-                    )
-                ])
+                response = await admin.create_topics(
+                    [
+                        NewTopic(
+                            settings.kafka_topic,
+                            num_partitions=settings.kafka_topic_partitions,
+                            replication_factor=settings.kafka_replication_factor,
+                            topic_configs={
+                                "min.insync.replicas": str(max(1, settings.kafka_replication_factor - 1)),
+                                "cleanup.policy": "delete",
+                            },
+                        )
+                    ]
+                )
             for _topic, code, *_ in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise RuntimeError(f"creating topic {settings.kafka_topic!r} failed with error code {code}")
+                    raise RuntimeError(
+                        f"creating topic {settings.kafka_topic!r} failed with error code {code}"
+                    )
                 if code == 0:
                     logger.info("created topic %s", settings.kafka_topic)
         finally:
@@ -233,8 +237,10 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(self._task, self._settings.relay_shutdown_seconds)
             except TimeoutError:
-                logger.warning("relay did not flush within %.1fs; pending events stay in the outbox",
-                               self._settings.relay_shutdown_seconds)
+                logger.warning(
+                    "relay did not flush within %.1fs; pending events stay in the outbox",
+                    self._settings.relay_shutdown_seconds,
+                )
         await self._publisher.close()
         await self._lease.release()
 

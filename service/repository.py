@@ -130,15 +130,17 @@ async def insert_secrets(conn: Connection, rows: Sequence[tuple[SecretRecord, by
     values: dict[str, Any] = {}
     for i, (record, sealed) in enumerate(rows):
         tuples.append(f"(:i{i}, :p{i}, :n{i}, :v{i}, :k{i}, :c{i}, :u{i})")
-        values.update({
-            f"i{i}": record.id,
-            f"p{i}": record.project_id,
-            f"n{i}": record.name,
-            f"v{i}": sealed,
-            f"k{i}": record.key_id,
-            f"c{i}": record.created_at,
-            f"u{i}": record.updated_at,
-        })
+        values.update(
+            {
+                f"i{i}": record.id,
+                f"p{i}": record.project_id,
+                f"n{i}": record.name,
+                f"v{i}": sealed,
+                f"k{i}": record.key_id,
+                f"c{i}": record.created_at,
+                f"u{i}": record.updated_at,
+            }
+        )
     inserted = await conn.fetch_all(
         "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at)"
         f" VALUES {', '.join(tuples)} ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
@@ -206,16 +208,17 @@ async def insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None
     values: dict[str, Any] = {}
     for i, event in enumerate(events):
         tuples.append(f"(:e{i}, :t{i}, :s{i}, :p{i}, :c{i})")
-        values.update({
-            f"e{i}": event.event_id,
-            f"t{i}": event.event_type,
-            f"s{i}": event.subject,
-            f"p{i}": event.payload,
-            f"c{i}": event.created_at,
-        })
+        values.update(
+            {
+                f"e{i}": event.event_id,
+                f"t{i}": event.event_type,
+                f"s{i}": event.subject,
+                f"p{i}": event.payload,
+                f"c{i}": event.created_at,
+            }
+        )
     await conn.execute(
-        "INSERT INTO outbox (event_id, event_type, subject, payload, created_at)"
-        f" VALUES {', '.join(tuples)}",
+        f"INSERT INTO outbox (event_id, event_type, subject, payload, created_at) VALUES {', '.join(tuples)}",
         values,
     )
 
@@ -260,9 +263,7 @@ async def prune_published(conn: Connection, before: str) -> int:
 # Idempotency
 
 
-async def find_idempotent_response(
-    conn: Connection, project_id: str, key: str
-) -> Mapping[str, Any] | None:
+async def find_idempotent_response(conn: Connection, project_id: str, key: str) -> Mapping[str, Any] | None:
     row = await conn.fetch_one(
         "SELECT fingerprint, status_code, response_body FROM idempotency_keys"
         " WHERE project_id = :project_id AND idempotency_key = :key",
@@ -281,14 +282,16 @@ async def claim_idempotency_keys(
     values: dict[str, Any] = {}
     for i, (project_id, key, fingerprint, status, body, created_at) in enumerate(claims):
         tuples.append(f"(:p{i}, :k{i}, :f{i}, :s{i}, :b{i}, :c{i})")
-        values.update({
-            f"p{i}": project_id,
-            f"k{i}": key,
-            f"f{i}": fingerprint,
-            f"s{i}": status,
-            f"b{i}": body,
-            f"c{i}": created_at,
-        })
+        values.update(
+            {
+                f"p{i}": project_id,
+                f"k{i}": key,
+                f"f{i}": fingerprint,
+                f"s{i}": status,
+                f"b{i}": body,
+                f"c{i}": created_at,
+            }
+        )
     rows = await conn.fetch_all(
         "INSERT INTO idempotency_keys"
         " (project_id, idempotency_key, fingerprint, status_code, response_body, created_at)"

@@ -193,6 +193,7 @@ class GroupCommitter(_Worker):
         max_batch: int = 256,
     ) -> None:
         super().__init__(database, "group-committer", synchronous)
+        self._sqlite = database.url.dialect == "sqlite"
         self._on_events_committed = on_events_committed
         self._max_batch = max_batch
 
@@ -224,6 +225,10 @@ class GroupCommitter(_Worker):
             return
         if any(job.writes_events for job in jobs):
             self._on_events_committed()
+        if self._sqlite and any(getattr(job, "scrubs_old_values", False) for job in jobs):
+            # Replaced or deleted ciphertext lingers in WAL frames until a checkpoint; truncate them away.
+            async with conn.raw_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                await cursor.fetchall()
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
@@ -285,5 +290,5 @@ class Store:
         try:
             async with self.database.connection() as conn:
                 return await read(conn)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ServiceUnavailable("The database is unavailable; retry shortly") from exc

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import BadRequest, UnsupportedMediaType, Unprocessable
+from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
 
 NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*")
 MAX_NAME_LENGTH = 255
@@ -64,9 +64,7 @@ def _name(data: dict[str, Any]) -> str:
     if not isinstance(name, str):
         raise Unprocessable("name must be a string")
     if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise Unprocessable(
-            f"name must match ^[A-Z][A-Z0-9_]*$ and be at most {MAX_NAME_LENGTH} characters"
-        )
+        raise Unprocessable(f"name must match ^[A-Z][A-Z0-9_]*$ and be at most {MAX_NAME_LENGTH} characters")
     return name
 
 

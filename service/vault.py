@@ -75,7 +75,9 @@ class CreateSecret:
                 names_in_batch.add((record.project_id, record.name))
                 counts[record.project_id] += 1
                 candidates.append(i)
-        inserted = await repository.insert_secrets(conn, [(jobs[i].record, jobs[i].sealed) for i in candidates])
+        inserted = await repository.insert_secrets(
+            conn, [(jobs[i].record, jobs[i].sealed) for i in candidates]
+        )
         events = []
         unclaim = []
         for i in candidates:
@@ -102,6 +104,7 @@ class UpdateSecret:
     api_key_id: str
     request_id: str
     writes_events = True
+    scrubs_old_values = True
 
     @classmethod
     async def run_batch(cls, conn: Connection, jobs: Sequence[UpdateSecret]) -> list[Any]:
@@ -113,7 +116,9 @@ class UpdateSecret:
             if record is None:
                 outcomes.append(_not_found())
                 continue
-            event = new_event("secret.updated", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at)
+            event = new_event(
+                "secret.updated", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
+            )
             await repository.insert_events(conn, [event])
             outcomes.append(record)
         return outcomes
@@ -127,6 +132,7 @@ class DeleteSecret:
     api_key_id: str
     request_id: str
     writes_events = True
+    scrubs_old_values = True
 
     @classmethod
     async def run_batch(cls, conn: Connection, jobs: Sequence[DeleteSecret]) -> list[Any]:
@@ -136,7 +142,9 @@ class DeleteSecret:
             if record is None:
                 outcomes.append(_not_found())
                 continue
-            event = new_event("secret.deleted", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at)
+            event = new_event(
+                "secret.deleted", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
+            )
             await repository.insert_events(conn, [event])
             outcomes.append(record)
         return outcomes
@@ -170,20 +178,34 @@ class Vault:
             updated_at=now,
         )
         sealed = seal(self._keyring, new.value, associated_data(record.project_id, record.id, record.name))
-        event = new_event("secret.created", record, api_key_id=principal.api_key_id, request_id=request_id, at=now)
+        event = new_event(
+            "secret.created", record, api_key_id=principal.api_key_id, request_id=request_id, at=now
+        )
         claim = None
         if idempotency_key is not None:
             if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
-            fingerprint = keyed_fingerprint(self._hash_key, b"POST /api/secrets", new.name.encode(), new.value.encode())
+            fingerprint = keyed_fingerprint(
+                self._hash_key, b"POST /api/secrets", new.name.encode(), new.value.encode()
+            )
             replay = await self._replay(principal, idempotency_key, fingerprint)
             if replay is not None:
                 return replay
-            claim = (principal.project_id, idempotency_key, fingerprint, 201, json.dumps(record.to_json()), now)
+            claim = (
+                principal.project_id,
+                idempotency_key,
+                fingerprint,
+                201,
+                json.dumps(record.to_json()),
+                now,
+            )
         try:
             outcome = await self._store.write(CreateSecret(record, sealed, event, self._quota, claim))
         except Conflict:
-            if claim is not None and (replay := await self._replay(principal, claim[1], claim[2])) is not None:
+            if (
+                claim is not None
+                and (replay := await self._replay(principal, claim[1], claim[2])) is not None
+            ):
                 return replay
             raise
         if isinstance(outcome, _IdempotencyKeyTaken):
@@ -218,7 +240,9 @@ class Vault:
         return await self._store.read(lambda conn: repository.list_secrets(conn, principal.project_id))
 
     async def get(self, principal: Principal, secret_id: str) -> SecretRecord:
-        record = await self._store.read(lambda conn: repository.get_secret(conn, principal.project_id, secret_id))
+        record = await self._store.read(
+            lambda conn: repository.get_secret(conn, principal.project_id, secret_id)
+        )
         if record is None:
             raise _not_found()
         return record

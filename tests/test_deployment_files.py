@@ -1,0 +1,465 @@
+"""Consistency checks for the deployment files.
+
+These tests read Dockerfile, docker-compose.yml, config/nginx.conf and
+pyproject.toml as text/YAML/TOML and check that they agree with each other in
+the ways a user would notice at `docker compose up` time: ports, service
+names, health-gated startup, the console script, and that no key material is
+committed. Nothing here needs Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+NGINX_CONF = ROOT / "config" / "nginx.conf"
+PYPROJECT = ROOT / "pyproject.toml"
+
+SECRET_ENV_VARS = ("SECRETS_MASTER_KEYS", "API_KEY_HASH_KEY")
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # comment lines inside a continuation are ignored by Docker
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends with a line continuation"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """Instructions of the last build stage (the image that is shipped)."""
+    instructions = dockerfile_instructions()
+    starts = [i for i, (kw, _) in enumerate(instructions) if kw == "FROM"]
+    assert starts, "Dockerfile has no FROM"
+    return instructions[starts[-1] :]
+
+
+def exec_form(args: str) -> list[str]:
+    """Parse a JSON (exec form) CMD/ENTRYPOINT argument list; shell form is split."""
+    if args.startswith("["):
+        value = json.loads(args)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return value
+    return shlex.split(args)
+
+
+def dockerfile_cmd() -> list[str]:
+    cmds = [args for kw, args in final_stage() if kw == "CMD"]
+    assert cmds, "Dockerfile final stage has no CMD"
+    entrypoints = [args for kw, args in final_stage() if kw == "ENTRYPOINT"]
+    assert not entrypoints, "tests assume CMD alone starts the service"
+    return exec_form(cmds[-1])
+
+
+def option_value(argv: list[str], option: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == option:
+            assert i + 1 < len(argv), f"{option} has no value in {argv}"
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{option} not found in {argv}")
+
+
+def served_port() -> int:
+    """The port `secrets-service serve` listens on inside the container."""
+    return int(option_value(dockerfile_cmd(), "--port"))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict[str, dict]:
+    svcs = compose.get("services")
+    assert isinstance(svcs, dict) and svcs
+    return svcs
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) for item in env)
+        return {k: (v[0] if v else "") for k, *v in pairs}
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def depends_on(service: dict) -> dict[str, dict]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: {"condition": "service_started"} for name in deps}
+    return {name: (spec or {"condition": "service_started"}) for name, spec in deps.items()}
+
+
+def profiles(service: dict) -> set[str]:
+    return set(service.get("profiles") or [])
+
+
+def builds_repo_image(service: dict) -> bool:
+    return "build" in service
+
+
+def build_paths(service: dict) -> tuple[Path, Path]:
+    build = service["build"]
+    if isinstance(build, str):
+        context, dockerfile = build, "Dockerfile"
+    else:
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+    context_dir = (ROOT / context).resolve()
+    return context_dir, (context_dir / dockerfile).resolve()
+
+
+def has_healthcheck(service: dict) -> bool:
+    hc = service.get("healthcheck")
+    if hc is None:
+        # An image built from our Dockerfile inherits its HEALTHCHECK.
+        return builds_repo_image(service) and any(
+            kw == "HEALTHCHECK" and not args.upper().startswith("NONE") for kw, args in final_stage()
+        )
+    if hc.get("disable"):
+        return False
+    test = hc.get("test")
+    return bool(test) and test != ["NONE"]
+
+
+def published_container_ports(service: dict) -> set[int]:
+    ports = set()
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            ports.add(int(entry["target"]))
+        else:
+            spec = str(entry).split("/")[0]
+            ports.add(int(spec.rsplit(":", 1)[-1]))
+    return ports
+
+
+def repo_services(services: dict[str, dict]) -> dict[str, dict]:
+    return {name: svc for name, svc in services.items() if builds_repo_image(svc)}
+
+
+def kafka_service_name(services: dict[str, dict]) -> str:
+    names = [n for n, s in services.items() if str(s.get("image", "")).startswith("apache/kafka:")]
+    assert len(names) == 1, f"expected exactly one apache/kafka service, found {names}"
+    return names[0]
+
+
+# --------------------------------------------------------------------------
+# Dockerfile / packaging
+# --------------------------------------------------------------------------
+
+
+def test_dockerfile_runs_the_serve_command_on_all_interfaces():
+    cmd = dockerfile_cmd()
+    assert cmd[:2] == ["secrets-service", "serve"], cmd
+    # Bound to 127.0.0.1 the published port would be unreachable.
+    assert option_value(cmd, "--host") == "0.0.0.0"
+
+
+def test_dockerfile_does_not_run_as_root():
+    users = [args for kw, args in final_stage() if kw == "USER"]
+    assert users, "final stage has no USER line, so the service would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"USER {users[-1]} is root"
+
+
+def test_dockerfile_exposes_the_port_it_serves_on():
+    exposed = set()
+    for kw, args in final_stage():
+        if kw == "EXPOSE":
+            exposed.update(int(p.split("/")[0]) for p in args.split())
+    assert served_port() in exposed, f"CMD serves on {served_port()}, EXPOSE lists {exposed}"
+
+
+def test_dockerfile_healthcheck_probes_healthz_on_the_served_port():
+    checks = [args for kw, args in final_stage() if kw == "HEALTHCHECK"]
+    assert checks, "Dockerfile has no HEALTHCHECK"
+    assert f"127.0.0.1:{served_port()}/healthz" in checks[-1]
+    assert "urllib" in checks[-1], "the slim image has no curl/wget; use python's urllib"
+
+
+def test_dockerfile_installs_the_project_with_pip():
+    base = [args for kw, args in dockerfile_instructions() if kw == "FROM"]
+    assert all(b.split()[0].startswith("python:3.11-slim") for b in base), base
+    runs = " ".join(args for kw, args in dockerfile_instructions() if kw == "RUN")
+    assert re.search(r"pip install --no-cache-dir \.(\s|$)", runs), runs
+
+
+def test_console_script_in_cmd_is_declared_in_pyproject():
+    assert PYPROJECT.exists(), "pyproject.toml is missing: the image cannot be built"
+    project = tomllib.loads(PYPROJECT.read_text()).get("project", {})
+    scripts = project.get("scripts", {})
+    script = dockerfile_cmd()[0]
+    assert script in scripts, f"[project.scripts] does not declare {script!r}: {scripts}"
+    module, _, func = scripts[script].partition(":")
+    assert func, f"entry point {scripts[script]!r} names no function"
+    module_path = ROOT.joinpath(*module.split("."))
+    assert module_path.with_suffix(".py").exists() or (module_path / "__init__.py").exists(), (
+        f"entry point module {module} not found in the repository"
+    )
+
+
+def test_dockerignore_keeps_local_state_out_but_not_the_package():
+    patterns = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    for required in (".git", ".venv", "data", "bench/results"):
+        assert required in patterns, f".dockerignore does not exclude {required}"
+    assert any("__pycache__" in p for p in patterns)
+    for needed in ("pyproject.toml", "service", "*.toml", "*.py", "*"):
+        assert needed not in patterns, f".dockerignore excludes {needed}, which pip install . needs"
+
+
+# --------------------------------------------------------------------------
+# docker-compose.yml
+# --------------------------------------------------------------------------
+
+
+def test_compose_uses_the_compose_spec_without_version(compose: dict):
+    assert "version" not in compose, "top-level `version:` is obsolete in the Compose spec"
+
+
+def test_every_built_service_uses_the_repo_dockerfile(services: dict[str, dict]):
+    built = repo_services(services)
+    assert built, "no service builds the service image"
+    for name, svc in built.items():
+        context, dockerfile = build_paths(svc)
+        assert context == ROOT, f"{name} builds from {context}, not the repository"
+        assert dockerfile == DOCKERFILE.resolve(), f"{name} uses {dockerfile}"
+        assert dockerfile.exists()
+
+
+def test_default_secrets_service_serves_and_publishes_its_port(services: dict[str, dict]):
+    svc = services.get("secrets")
+    assert svc is not None, "no `secrets` service"
+    assert not profiles(svc), "`secrets` must start with a plain `docker compose up`"
+    assert builds_repo_image(svc)
+    # The command comes from the Dockerfile CMD (`secrets-service serve`).
+    command = svc.get("command")
+    if command is not None:
+        argv = command if isinstance(command, list) else shlex.split(command)
+        assert argv[:2] == ["secrets-service", "serve"], argv
+    assert "entrypoint" not in svc
+    assert served_port() in published_container_ports(svc), (
+        f"`secrets` publishes {svc.get('ports')} but serves on {served_port()}"
+    )
+
+
+def test_default_secrets_service_keeps_sqlite_on_a_volume(compose: dict, services: dict[str, dict]):
+    svc = services["secrets"]
+    url = environment(svc).get("DATABASE_URL", "")
+    assert url.startswith("sqlite:////data/"), url
+    mounts = [str(v).split(":") for v in svc.get("volumes") or [] if not isinstance(v, dict)]
+    named = {src for src, dst, *_ in mounts if dst == "/data"}
+    assert named, "/data is not a volume: the database would be lost with the container"
+    assert named <= set(compose.get("volumes") or {}), f"undeclared volume(s) {named}"
+
+
+def test_service_instances_reach_kafka_at_its_advertised_listener(services: dict[str, dict]):
+    kafka_name = kafka_service_name(services)
+    kafka_env = environment(services[kafka_name])
+    advertised = {
+        urlsplit(listener).netloc for listener in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    }
+    listener_ports = {urlsplit(listener).port for listener in kafka_env["KAFKA_LISTENERS"].split(",")}
+    for name, svc in repo_services(services).items():
+        bootstrap = environment(svc).get("KAFKA_BOOTSTRAP_SERVERS")
+        assert bootstrap, f"{name} has no KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1 is wrong in a container)"
+        for server in bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            assert host == kafka_name, f"{name} bootstraps from {server}, not the {kafka_name} service"
+            assert int(port) in listener_ports, f"kafka does not listen on {port}"
+            assert server.strip() in advertised, f"{server} is not an advertised kafka listener {advertised}"
+
+
+def test_kafka_runs_single_node_kraft(services: dict[str, dict]):
+    env = environment(services[kafka_service_name(services)])
+    node_id = env["KAFKA_NODE_ID"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert len(voters) == 1 and voters[0].startswith(f"{node_id}@")
+    controller_port = int(voters[0].rsplit(":", 1)[1])
+    controller_prefix = env["KAFKA_CONTROLLER_LISTENER_NAMES"] + "://"
+    controllers = [
+        listener for listener in env["KAFKA_LISTENERS"].split(",") if listener.startswith(controller_prefix)
+    ]
+    assert controllers and urlsplit(controllers[0]).port == controller_port
+    # With one broker, internal topics must not ask for more replicas than exist.
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert env.get(key) == "1", f"{key} must be 1 on a single node"
+
+
+def test_depends_on_targets_exist_and_wait_for_health(services: dict[str, dict]):
+    for name, svc in services.items():
+        for target, spec in depends_on(svc).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            if has_healthcheck(services[target]):
+                assert spec.get("condition") == "service_healthy", (
+                    f"{name} should wait for {target} to be healthy, not {spec.get('condition')}"
+                )
+            # A service must not depend on one that its profiles do not enable.
+            target_profiles = profiles(services[target])
+            if target_profiles:
+                assert profiles(svc) and profiles(svc) <= target_profiles, (
+                    f"{name} (profiles {profiles(svc) or 'default'}) depends on {target} "
+                    f"which only runs with profiles {target_profiles}"
+                )
+
+
+def test_dependencies_with_healthchecks_are_probed(services: dict[str, dict]):
+    # Everything others wait on must actually have a healthcheck, or
+    # `service_healthy` would block forever.
+    for name, svc in services.items():
+        for target, spec in depends_on(svc).items():
+            if target in services and spec.get("condition") == "service_healthy":
+                assert has_healthcheck(services[target]), (
+                    f"{name} waits for {target}, which has no healthcheck"
+                )
+
+
+def test_service_healthchecks_probe_healthz_on_the_served_port(services: dict[str, dict]):
+    for name, svc in repo_services(services).items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert test, f"{name} has no healthcheck"
+        text = " ".join(test) if isinstance(test, list) else test
+        assert f"127.0.0.1:{served_port()}/healthz" in text, f"{name} healthcheck: {text}"
+
+
+def test_no_key_material_is_hard_coded(services: dict[str, dict]):
+    for name, svc in repo_services(services).items():
+        env = environment(svc)
+        for var in SECRET_ENV_VARS:
+            value = env.get(var)
+            assert value is not None, f"{name} does not pass {var}"
+            # Required interpolation: `up` fails loudly when it is unset.
+            assert re.fullmatch(r"\$\{" + var + r":\?[^}]*\}", value), (
+                f"{name}.{var} must be ${{{var}:?...}} from the environment, got {value!r}"
+            )
+    text = COMPOSE_FILE.read_text()
+    # base64 of 32 bytes (a master or hash key), with or without a key id.
+    assert not re.search(r"[A-Za-z0-9+/]{43}=", text), "compose file contains what looks like a key"
+
+
+# --------------------------------------------------------------------------
+# scaled profile + nginx
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scaled(services: dict[str, dict]) -> dict[str, dict]:
+    svcs = {name: svc for name, svc in services.items() if "scaled" in profiles(svc)}
+    assert svcs, "no services in the `scaled` profile"
+    return svcs
+
+
+def scaled_replicas(scaled: dict[str, dict]) -> dict[str, dict]:
+    return {name: svc for name, svc in scaled.items() if builds_repo_image(svc)}
+
+
+def test_scaled_profile_has_postgres_two_replicas_and_an_lb(scaled: dict[str, dict]):
+    assert "postgres" in scaled and str(scaled["postgres"]["image"]).startswith("postgres:")
+    assert sorted(scaled_replicas(scaled)) == ["secrets-a", "secrets-b"]
+    assert "lb" in scaled and str(scaled["lb"]["image"]).startswith("nginx:")
+
+
+def test_scaled_replicas_share_the_postgres_database(scaled: dict[str, dict]):
+    pg_env = environment(scaled["postgres"])
+    urls = set()
+    for name, svc in scaled_replicas(scaled).items():
+        url = environment(svc).get("DATABASE_URL", "")
+        parts = urlsplit(url)
+        assert parts.scheme == "postgresql+asyncpg", f"{name}: {url}"
+        assert parts.hostname == "postgres" and (parts.port or 5432) == 5432, f"{name}: {url}"
+        assert parts.username == pg_env["POSTGRES_USER"], f"{name}: wrong user in {url}"
+        assert parts.password == pg_env["POSTGRES_PASSWORD"], f"{name}: wrong password in {url}"
+        assert parts.path.lstrip("/") == pg_env["POSTGRES_DB"], f"{name}: wrong database in {url}"
+        assert "postgres" in depends_on(svc), f"{name} does not wait for postgres"
+        urls.add(url)
+    assert len(urls) == 1, "replicas must use the same database"
+
+
+def nginx_upstreams() -> dict[str, list[tuple[str, int]]]:
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
+    upstreams = {}
+    for name, body in re.findall(r"\bupstream\s+(\S+)\s*\{([^}]*)\}", text):
+        upstreams[name] = [
+            (host, int(port)) for host, port in re.findall(r"^\s*server\s+([\w.-]+):(\d+)\b", body, re.M)
+        ]
+    return upstreams
+
+
+def test_nginx_balances_over_both_replicas_on_their_served_port(scaled: dict[str, dict]):
+    upstreams = nginx_upstreams()
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
+    proxied = set(re.findall(r"\bproxy_pass\s+http://([\w.-]+)\s*;", text))
+    assert proxied, "nginx.conf has no proxy_pass"
+    assert proxied <= set(upstreams), f"proxy_pass targets {proxied} are not upstreams {set(upstreams)}"
+    expected = {(name, served_port()) for name in scaled_replicas(scaled)}
+    for upstream in proxied:
+        assert set(upstreams[upstream]) == expected, (
+            f"upstream {upstream} lists {upstreams[upstream]}, replicas listen on {sorted(expected)}"
+        )
+
+
+def test_nginx_keeps_upstream_connections_alive_and_limits_bodies():
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
+    assert re.search(r"^\s*keepalive\s+\d+\s*;", text, re.M), "upstream has no keepalive pool"
+    # keepalive to upstreams only works with HTTP/1.1 and no `Connection: close`.
+    assert re.search(r"^\s*proxy_http_version\s+1\.1\s*;", text, re.M)
+    assert re.search(r'^\s*proxy_set_header\s+Connection\s+""\s*;', text, re.M)
+    assert re.search(r"^\s*client_max_body_size\s+64k\s*;", text, re.M)
+    assert re.search(r"^\s*location\s+=?\s*/healthz\s*\{", text, re.M), "no /healthz location"
+    # The auth headers must reach the replicas untouched.
+    for header in ("X-Auth-Token", "Authorization", "Idempotency-Key"):
+        assert not re.search(rf"proxy_set_header\s+{header}\s", text, re.I), f"{header} is overridden"
+    assert not re.search(r"proxy_pass_request_headers\s+off", text)
+
+
+def test_lb_mounts_the_nginx_config_and_waits_for_replicas(scaled: dict[str, dict]):
+    lb = scaled["lb"]
+    mounts = [str(v).split(":") for v in lb.get("volumes") or []]
+    conf_mounts = [m for m in mounts if (ROOT / m[0]).resolve() == NGINX_CONF.resolve()]
+    assert conf_mounts, f"lb does not mount config/nginx.conf: {lb.get('volumes')}"
+    _src, dst, *mode = conf_mounts[0]
+    assert dst == "/etc/nginx/nginx.conf", dst  # the file is a full nginx.conf, not a conf.d snippet
+    assert mode and "ro" in mode[0].split(","), "mount the config read-only"
+    assert 80 in published_container_ports(lb)
+    assert set(depends_on(lb)) >= set(scaled_replicas(scaled))
