@@ -15,6 +15,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE projects (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
+            secret_count INTEGER NOT NULL DEFAULT 0,
             created_at TEXT NOT NULL
         )""",
         """CREATE TABLE api_keys (

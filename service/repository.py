@@ -99,27 +99,22 @@ async def find_active_api_key(conn: Connection, key_hash: str) -> Mapping[str, A
     return None if row is None else dict(row._mapping)
 
 
-async def lock_projects(conn: Connection, project_ids: Sequence[str]) -> None:
-    """PostgreSQL: serialize writers of these projects across replicas (quota checks)."""
+async def secret_counts(conn: Connection, project_ids: Sequence[str], lock: bool) -> dict[str, int]:
+    """How many secrets each project holds; with lock (PostgreSQL), writers of these projects queue here."""
     placeholders, values = _in_list("p", sorted(project_ids))
-    await conn.fetch_all(
-        f"SELECT id FROM projects WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE", values
-    )
-
-
-# Secrets
-
-
-async def count_secrets(conn: Connection, project_ids: Sequence[str]) -> dict[str, int]:
-    placeholders, values = _in_list("p", project_ids)
     rows = await conn.fetch_all(
-        f"SELECT project_id, COUNT(*) AS n FROM secrets WHERE project_id IN ({placeholders})"
-        " GROUP BY project_id",
+        f"SELECT id, secret_count FROM projects WHERE id IN ({placeholders}) ORDER BY id"
+        + (" FOR UPDATE" if lock else ""),
         values,
     )
-    counts = dict.fromkeys(project_ids, 0)
-    counts.update({row["project_id"]: row["n"] for row in rows})
-    return counts
+    return {row["id"]: row["secret_count"] for row in rows}
+
+
+async def add_to_secret_count(conn: Connection, project_id: str, delta: int) -> None:
+    await conn.execute(
+        "UPDATE projects SET secret_count = secret_count + :delta WHERE id = :id",
+        {"delta": delta, "id": project_id},
+    )
 
 
 async def insert_secrets(conn: Connection, rows: Sequence[tuple[SecretRecord, bytes]]) -> set[str]:

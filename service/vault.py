@@ -7,6 +7,7 @@ import os
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +57,11 @@ class CreateSecret:
     async def run_batch(cls, conn: Connection, jobs: Sequence[CreateSecret]) -> list[Any]:
         outcomes: list[Any] = [None] * len(jobs)
         project_ids = sorted({job.record.project_id for job in jobs})
-        if conn._database.url.dialect == "postgresql":
-            await repository.lock_projects(conn, project_ids)
+        counts = await repository.secret_counts(
+            conn, project_ids, lock=conn._database.url.dialect == "postgresql"
+        )
         claims = [job.claim for job in jobs if job.claim is not None]
         claimed = await repository.claim_idempotency_keys(conn, claims)
-        counts = await repository.count_secrets(conn, project_ids)
         candidates: list[int] = []
         names_in_batch: set[tuple[str, str]] = set()
         for i, job in enumerate(jobs):
@@ -69,7 +70,7 @@ class CreateSecret:
                 outcomes[i] = _IdempotencyKeyTaken()
             elif (record.project_id, record.name) in names_in_batch:
                 outcomes[i] = _conflict(record.name)
-            elif counts[record.project_id] >= job.quota:
+            elif counts.get(record.project_id, job.quota) >= job.quota:
                 outcomes[i] = Unprocessable(f"This project has reached its limit of {job.quota} secrets")
             else:
                 names_in_batch.add((record.project_id, record.name))
@@ -91,6 +92,9 @@ class CreateSecret:
                     unclaim.append((job.claim[0], job.claim[1]))
         await repository.release_idempotency_keys(conn, unclaim)
         await repository.insert_events(conn, events)
+        added = Counter(job.record.project_id for job in jobs if job.record.id in inserted)
+        for project_id, n in added.items():
+            await repository.add_to_secret_count(conn, project_id, n)
         return outcomes
 
 
