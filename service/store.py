@@ -60,19 +60,39 @@ async def configure_connection(conn: Connection, synchronous: str = "FULL") -> N
 
 @contextlib.asynccontextmanager
 async def write_transaction(conn: Connection) -> AsyncIterator[None]:
-    """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-    if conn._database.url.dialect != "sqlite":
-        async with conn.transaction():
-            yield
-        return
+    """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
+
+    Plain statements rather than `databases`' Transaction: that one leaves its
+    connection marked in use when COMMIT fails on a dropped connection.
+    """
     raw = conn.raw_connection
-    await raw.execute("BEGIN IMMEDIATE")
+    await raw.execute("BEGIN IMMEDIATE" if conn._database.url.dialect == "sqlite" else "BEGIN")
     try:
         yield
     except BaseException:
-        await raw.execute("ROLLBACK")
+        with contextlib.suppress(Exception):
+            await raw.execute("ROLLBACK")
         raise
     await raw.execute("COMMIT")
+
+
+async def expire_pool(database: Database) -> None:
+    """After a lost PostgreSQL connection, the pool's idle ones are likely dead too: replace them all."""
+    pool = getattr(getattr(database, "_backend", None), "_pool", None)
+    if pool is not None and hasattr(pool, "expire_connections"):
+        await pool.expire_connections()
+
+
+@contextlib.asynccontextmanager
+async def _own_connection(database: Database) -> AsyncIterator[Connection]:
+    """A connection for one worker's lifetime, kept out of `databases`' per-task registry."""
+    conn = Connection(database, database._backend)
+    await conn.__aenter__()
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.__aexit__(None, None, None)
 
 
 class _Worker:
@@ -115,17 +135,21 @@ class _Worker:
         backoff = 0.1
         while True:
             try:
-                async with self._database.connection() as conn:
+                async with _own_connection(self._database) as conn:
                     await configure_connection(conn, self._synchronous)
                     self._ready.set()
                     backoff = 0.1
                     await self._serve(conn)
                     return
             except _ConnectionLost as exc:
-                logger.warning("%s lost its database connection (%s); reconnecting", self._name, exc)
+                await expire_pool(self._database)
+                logger.warning(
+                    "%s lost its database connection (%s); reconnecting", self._name, exc.__cause__ or exc
+                )
             except Exception as exc:
                 if not self._ready.is_set():
                     raise
+                await expire_pool(self._database)
                 logger.warning("%s could not connect (%s); retrying", self._name, type(exc).__name__)
             self._fail_queued(ServiceUnavailable("The database is unavailable; retry shortly"))
             if self._stopping:
@@ -179,7 +203,7 @@ class Reader(_Worker):
         except Exception as exc:
             future.set_exception(exc)
             if not await _still_connected(conn):
-                raise _ConnectionLost(type(exc).__name__) from None
+                raise _ConnectionLost(f"{type(exc).__name__}: {exc}") from None
         else:
             future.set_result(result)
 
@@ -214,7 +238,7 @@ class GroupCommitter(_Worker):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(ServiceUnavailable("The database is unavailable; retry shortly"))
-                raise _ConnectionLost(type(exc).__name__) from None
+                raise _ConnectionLost(f"{type(exc).__name__}: {exc}") from None
             if len(batch) > 1:
                 for item in batch:
                     await self._commit(conn, [item])
@@ -248,6 +272,31 @@ async def _run_jobs(conn: Connection, jobs: list[Any]) -> list[Any]:
         outcomes.extend(await type(jobs[start]).run_batch(conn, jobs[start:end]))
         start = end
     return outcomes
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """A lost or refused database connection (asyncpg's classes are matched by name: it is optional)."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names
+        & {
+            "PostgresConnectionError",
+            "InterfaceError",
+            "CannotConnectNowError",
+            "TooManyConnectionsError",
+            "ConnectionDoesNotExistError",
+            "AdminShutdownError",
+        }
+    )
+
+
+def _is_closed(conn: Connection) -> bool:
+    try:
+        return bool(conn.raw_connection.is_closed())
+    except Exception:
+        return True
 
 
 def _as_client_error(exc: Exception) -> Exception:
@@ -289,6 +338,14 @@ class Store:
             return await self._reader.run(read)
         try:
             async with self.database.connection() as conn:
-                return await read(conn)
-        except (TimeoutError, OSError) as exc:
-            raise ServiceUnavailable("The database is unavailable; retry shortly") from exc
+                try:
+                    return await read(conn)
+                except Exception as exc:
+                    if _is_connection_error(exc) or _is_closed(conn):
+                        raise _ConnectionLost(type(exc).__name__) from None
+                    raise
+        except Exception as exc:
+            if isinstance(exc, _ConnectionLost) or _is_connection_error(exc):
+                await expire_pool(self.database)
+                raise ServiceUnavailable("The database is unavailable; retry shortly") from None
+            raise
