@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from databases.core import Connection
 
 from service import repository
-from service.crypto import generate_api_key, hash_api_key
+from service.crypto import Keyring, associated_data, generate_api_key, hash_api_key, rewrap
 from service.migrations import migrate
 from service.outbox import utc_now
 from service.settings import Settings
@@ -55,3 +55,21 @@ async def issue_api_key(settings: Settings, project_id: str) -> dict[str, str]:
 async def revoke_api_key(settings: Settings, api_key_id: str) -> bool:
     async with _writing(settings) as conn:
         return await repository.revoke_api_key(conn, api_key_id, utc_now())
+
+
+async def rewrap_all(settings: Settings, batch: int = 500) -> int:
+    """Re-wrap every data key not under the primary master key; returns how many were re-wrapped."""
+    keyring = Keyring.from_setting(settings.master_keys)
+    done = 0
+    while True:
+        async with _writing(settings) as conn:
+            rows = await repository.sealed_values_not_under(conn, keyring.primary_id, batch)
+            for row in rows:
+                aad = associated_data(row["project_id"], row["id"], row["name"])
+                sealed = rewrap(keyring, bytes(row["sealed_value"]), aad)
+                await repository.replace_sealed_value(
+                    conn, row["id"], row["key_id"], sealed, keyring.primary_id
+                )
+        done += len(rows)
+        if len(rows) < batch:
+            return done

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--hash-key", action="store_true", help="print a new API_KEY_HASH_KEY instead")
     issue = keys.add_parser("issue", help="issue another API key for a project (printed once)")
     issue.add_argument("project_id")
+    keys.add_parser("rewrap", help="re-wrap every value's data key under the first master key")
     revoke = keys.add_parser("revoke", help="revoke an API key by its id")
     revoke.add_argument("api_key_id")
 
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_create_project(settings, args.name))
     if args.command == "keys" and args.action == "issue":
         return asyncio.run(_issue_key(settings, args.project_id))
+    if args.command == "keys" and args.action == "rewrap":
+        from service import admin
+
+        print(json.dumps({"rewrapped": asyncio.run(admin.rewrap_all(settings))}))
+        return 0
     if args.command == "keys" and args.action == "revoke":
         return asyncio.run(_revoke_key(settings, args.api_key_id))
     if args.command == "audit-consume":

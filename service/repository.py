@@ -303,3 +303,24 @@ async def release_idempotency_keys(conn: Connection, pairs: Sequence[tuple[str, 
             "DELETE FROM idempotency_keys WHERE project_id = :p AND idempotency_key = :k",
             {"p": project_id, "k": key},
         )
+
+
+# Key rotation
+
+
+async def sealed_values_not_under(conn: Connection, key_id: str, limit: int) -> list[Mapping[str, Any]]:
+    rows = await conn.fetch_all(
+        "SELECT id, project_id, name, key_id, sealed_value FROM secrets WHERE key_id <> :key_id ORDER BY id LIMIT :limit",
+        {"key_id": key_id, "limit": limit},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+async def replace_sealed_value(
+    conn: Connection, secret_id: str, old_key_id: str, sealed: bytes, key_id: str
+) -> None:
+    """Swap in a re-wrapped value, unless the secret changed meanwhile (then it is already under a newer key)."""
+    await conn.execute(
+        "UPDATE secrets SET sealed_value = :sealed, key_id = :key_id WHERE id = :id AND key_id = :old_key_id",
+        {"sealed": sealed, "key_id": key_id, "id": secret_id, "old_key_id": old_key_id},
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,20 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("Request body is not valid UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+        data = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_int,
+        )
     except _DuplicateKey:
         raise BadRequest("Request body repeats a key") from None
+    except _NumberOutOfRange:
+        raise BadRequest("Request body has a number out of range") from None
     except RecursionError:
         raise BadRequest("Request body is nested too deeply") from None
     except ValueError:
-        # JSONDecodeError, and ints past Python's digit limit.
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
@@ -96,6 +104,26 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         result[key] = value
     return result
+
+
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    # json.loads turns 1e999 into inf, which no JSON peer can read back (RFC 8259, section 6).
+    number = float(text)
+    if math.isinf(number):
+        raise _NumberOutOfRange(text[:20])
+    return number
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        # Past Python's limit on digits (sys.get_int_max_str_digits).
+        raise _NumberOutOfRange(text[:20]) from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -110,3 +110,29 @@ async def test_deleted_ciphertext_is_gone_from_the_file(
     assert (await client.delete(f"/api/secrets/{created['id']}", headers=auth(project))).status_code == 200
     for path in tmp_path.glob("secrets.db*"):
         assert sealed[-64:] not in path.read_bytes(), path.name
+
+
+async def test_rotating_the_master_key_keeps_every_value_readable(
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str]
+) -> None:
+    from dataclasses import replace
+
+    from service import admin
+
+    ids = []
+    for i in range(3):
+        response = await client.post(
+            "/api/secrets", json={"name": f"ROT_{i}", "value": f"value-{i}"}, headers=auth(project)
+        )
+        ids.append(response.json()["id"])
+    old_entry = settings.master_keys.reveal()
+    rotated = replace(settings, master_keys=Secret(f"{generate_master_key_entry('test2')},{old_entry}"))
+    assert await admin.rewrap_all(rotated) == 3
+    assert await admin.rewrap_all(rotated) == 0
+
+    new_only = Keyring.from_setting(Secret(rotated.master_keys.reveal().split(",")[0]))
+    for i, secret_id in enumerate(ids):
+        sealed = await _stored(settings, project["projectId"], secret_id)
+        assert sealed_key_id(sealed) == "test2"
+        aad = associated_data(project["projectId"], secret_id, f"ROT_{i}")
+        assert unseal(new_only, sealed, aad) == f"value-{i}"
