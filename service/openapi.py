@@ -29,7 +29,6 @@ _REASONS = {
     404: "Not Found",
     409: "Secret with this name already exists",
     413: "Request body too large",
-    415: "Unsupported Media Type",
     422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -84,7 +83,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json(create_body)},
                     "responses": {
                         "201": {"description": "Secret created", **_json(_METADATA)},
-                        **_errors(400, 401, 409, 413, 415, 422, 500, 503),
+                        **_errors(400, 401, 409, 413, 422, 500, 503),
                     },
                 },
                 "get": {
@@ -115,7 +114,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json(update_body)},
                     "responses": {
                         "200": {"description": "Secret updated", **_json(_METADATA)},
-                        **_errors(400, 401, 404, 413, 415, 422, 500, 503),
+                        **_errors(400, 401, 404, 413, 422, 500, 503),
                     },
                 },
                 "delete": {

@@ -28,6 +28,7 @@ from databases.core import Connection
 from service import repository
 from service.repository import OutboxEvent, SecretRecord
 from service.settings import Settings
+from service.statements import Plan
 
 logger = logging.getLogger("service.outbox")
 
@@ -298,9 +299,9 @@ class MarkPublished:
         self.seqs, self.at = seqs, at
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[MarkPublished]) -> list[Any]:
+    def plan_batch(cls, jobs: Sequence[MarkPublished], dialect: str) -> Plan[list[Any]]:
         for job in jobs:
-            await repository.mark_published(conn, job.seqs, job.at)
+            yield repository.mark_published(job.seqs, job.at)
         return [None] * len(jobs)
 
 
@@ -311,5 +312,8 @@ class PruneOutbox:
         self.before = before
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[PruneOutbox]) -> list[Any]:
-        return [await repository.prune_published(conn, job.before) for job in jobs]
+    def plan_batch(cls, jobs: Sequence[PruneOutbox], dialect: str) -> Plan[list[Any]]:
+        pruned = []
+        for job in jobs:
+            pruned.append((yield repository.prune_published(job.before)))
+        return pruned

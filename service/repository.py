@@ -1,7 +1,8 @@
 """SQL for projects, API keys, secrets, the outbox and idempotency records.
 
-Every function takes a connection and runs its statements; none of them commits:
-the caller owns the transaction.
+Reads take a connection and run their query through `databases`. Writes are
+statements (Fetch, Execute, ExecuteMany) that the group committer runs inside its
+transaction; nothing here commits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from databases.core import Connection
+
+from service.statements import Execute, ExecuteMany, Fetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,11 @@ class OutboxEvent:
 
 
 _SECRET_COLUMNS = "id, project_id, name, key_id, created_at, updated_at"
+
+
+def secret_from_row(row: Sequence[Any]) -> SecretRecord:
+    """A SecretRecord from a positional row of _SECRET_COLUMNS."""
+    return SecretRecord(*row)
 
 
 def _secret(row: Any) -> SecretRecord:
@@ -99,49 +107,45 @@ async def find_active_api_key(conn: Connection, key_hash: str) -> Mapping[str, A
     return None if row is None else dict(row._mapping)
 
 
-async def secret_counts(conn: Connection, project_ids: Sequence[str], lock: bool) -> dict[str, int]:
+def secret_counts(project_ids: Sequence[str], lock: bool) -> Fetch:
     """How many secrets each project holds; with lock (PostgreSQL), writers of these projects queue here."""
-    placeholders, values = _in_list("p", sorted(project_ids))
-    rows = await conn.fetch_all(
-        f"SELECT id, secret_count FROM projects WHERE id IN ({placeholders}) ORDER BY id"
+    marks = ", ".join("?" * len(project_ids))
+    return Fetch(
+        f"SELECT id, secret_count FROM projects WHERE id IN ({marks}) ORDER BY id"
         + (" FOR UPDATE" if lock else ""),
-        values,
-    )
-    return {row["id"]: row["secret_count"] for row in rows}
-
-
-async def add_to_secret_count(conn: Connection, project_id: str, delta: int) -> None:
-    await conn.execute(
-        "UPDATE projects SET secret_count = secret_count + :delta WHERE id = :id",
-        {"delta": delta, "id": project_id},
+        sorted(project_ids),
     )
 
 
-async def insert_secrets(conn: Connection, rows: Sequence[tuple[SecretRecord, bytes]]) -> set[str]:
-    """Insert many secrets in one statement; returns the ids that went in (the rest exist already)."""
-    if not rows:
-        return set()
-    tuples = []
-    values: dict[str, Any] = {}
-    for i, (record, sealed) in enumerate(rows):
-        tuples.append(f"(:i{i}, :p{i}, :n{i}, :v{i}, :k{i}, :c{i}, :u{i})")
-        values.update(
-            {
-                f"i{i}": record.id,
-                f"p{i}": record.project_id,
-                f"n{i}": record.name,
-                f"v{i}": sealed,
-                f"k{i}": record.key_id,
-                f"c{i}": record.created_at,
-                f"u{i}": record.updated_at,
-            }
+def add_to_secret_counts(deltas: Mapping[str, int]) -> ExecuteMany:
+    return ExecuteMany(
+        "UPDATE projects SET secret_count = secret_count + ? WHERE id = ?",
+        [(delta, project_id) for project_id, delta in deltas.items()],
+    )
+
+
+# Secrets
+
+
+def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]]) -> Fetch:
+    """Insert many secrets in one statement; fetches the ids that went in (the rest exist already)."""
+    params: list[Any] = []
+    for record, sealed in rows:
+        params += (
+            record.id,
+            record.project_id,
+            record.name,
+            sealed,
+            record.key_id,
+            record.created_at,
+            record.updated_at,
         )
-    inserted = await conn.fetch_all(
+    return Fetch(
         "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at)"
-        f" VALUES {', '.join(tuples)} ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
-        values,
+        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
+        " ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
+        params,
     )
-    return {row["id"] for row in inserted}
 
 
 async def list_secrets(conn: Connection, project_id: str) -> list[SecretRecord]:
@@ -168,53 +172,30 @@ async def get_sealed_value(conn: Connection, project_id: str, secret_id: str) ->
     return None if row is None else bytes(row["sealed_value"])
 
 
-async def update_secret_value(
-    conn: Connection, project_id: str, secret_id: str, sealed: bytes, key_id: str, updated_at: str
-) -> SecretRecord | None:
-    row = await conn.fetch_one(
-        "UPDATE secrets SET sealed_value = :sealed, key_id = :key_id, updated_at = :updated_at"
-        f" WHERE id = :id AND project_id = :project_id RETURNING {_SECRET_COLUMNS}",
-        {
-            "sealed": sealed,
-            "key_id": key_id,
-            "updated_at": updated_at,
-            "id": secret_id,
-            "project_id": project_id,
-        },
+def update_secret_value(
+    project_id: str, secret_id: str, sealed: bytes, key_id: str, updated_at: str
+) -> Fetch:
+    return Fetch(
+        "UPDATE secrets SET sealed_value = ?, key_id = ?, updated_at = ?"
+        f" WHERE id = ? AND project_id = ? RETURNING {_SECRET_COLUMNS}",
+        (sealed, key_id, updated_at, secret_id, project_id),
     )
-    return None if row is None else _secret(row)
 
 
-async def delete_secret(conn: Connection, project_id: str, secret_id: str) -> SecretRecord | None:
-    row = await conn.fetch_one(
-        f"DELETE FROM secrets WHERE id = :id AND project_id = :project_id RETURNING {_SECRET_COLUMNS}",
-        {"id": secret_id, "project_id": project_id},
+def delete_secret(project_id: str, secret_id: str) -> Fetch:
+    return Fetch(
+        f"DELETE FROM secrets WHERE id = ? AND project_id = ? RETURNING {_SECRET_COLUMNS}",
+        (secret_id, project_id),
     )
-    return None if row is None else _secret(row)
 
 
 # Outbox
 
 
-async def insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None:
-    if not events:
-        return
-    tuples = []
-    values: dict[str, Any] = {}
-    for i, event in enumerate(events):
-        tuples.append(f"(:e{i}, :t{i}, :s{i}, :p{i}, :c{i})")
-        values.update(
-            {
-                f"e{i}": event.event_id,
-                f"t{i}": event.event_type,
-                f"s{i}": event.subject,
-                f"p{i}": event.payload,
-                f"c{i}": event.created_at,
-            }
-        )
-    await conn.execute(
-        f"INSERT INTO outbox (event_id, event_type, subject, payload, created_at) VALUES {', '.join(tuples)}",
-        values,
+def insert_events(events: Sequence[OutboxEvent]) -> ExecuteMany:
+    return ExecuteMany(
+        "INSERT INTO outbox (event_id, event_type, subject, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(e.event_id, e.event_type, e.subject, e.payload, e.created_at) for e in events],
     )
 
 
@@ -237,22 +218,14 @@ async def pending_events(conn: Connection, limit: int) -> list[OutboxEvent]:
     ]
 
 
-async def mark_published(conn: Connection, seqs: Iterable[int], published_at: str) -> None:
-    placeholders, values = _in_list("s", list(seqs))
-    if not values:
-        return
-    await conn.execute(
-        f"UPDATE outbox SET published_at = :at WHERE seq IN ({placeholders})",
-        {**values, "at": published_at},
+def mark_published(seqs: Iterable[int], published_at: str) -> ExecuteMany:
+    return ExecuteMany(
+        "UPDATE outbox SET published_at = ? WHERE seq = ?", [(published_at, seq) for seq in seqs]
     )
 
 
-async def prune_published(conn: Connection, before: str) -> int:
-    result: int = await conn.execute(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < :before",
-        {"before": before},
-    )
-    return result
+def prune_published(before: str) -> Execute:
+    return Execute("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", (before,))
 
 
 # Idempotency
@@ -267,42 +240,19 @@ async def find_idempotent_response(conn: Connection, project_id: str, key: str) 
     return None if row is None else dict(row._mapping)
 
 
-async def claim_idempotency_keys(
-    conn: Connection, claims: Sequence[tuple[str, str, str, int, str, str]]
-) -> set[tuple[str, str]]:
-    """Insert (project_id, key, fingerprint, status, body, created_at) rows; returns the pairs that went in."""
-    if not claims:
-        return set()
-    tuples = []
-    values: dict[str, Any] = {}
-    for i, (project_id, key, fingerprint, status, body, created_at) in enumerate(claims):
-        tuples.append(f"(:p{i}, :k{i}, :f{i}, :s{i}, :b{i}, :c{i})")
-        values.update(
-            {
-                f"p{i}": project_id,
-                f"k{i}": key,
-                f"f{i}": fingerprint,
-                f"s{i}": status,
-                f"b{i}": body,
-                f"c{i}": created_at,
-            }
-        )
-    rows = await conn.fetch_all(
+def claim_idempotency_keys(claims: Sequence[tuple[str, str, str, int, str, str]]) -> Fetch:
+    """Insert (project_id, key, fingerprint, status, body, created_at) rows; fetches the pairs that went in."""
+    return Fetch(
         "INSERT INTO idempotency_keys"
         " (project_id, idempotency_key, fingerprint, status_code, response_body, created_at)"
-        f" VALUES {', '.join(tuples)} ON CONFLICT (project_id, idempotency_key) DO NOTHING"
-        " RETURNING project_id, idempotency_key",
-        values,
+        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(claims))}"
+        " ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING project_id, idempotency_key",
+        [value for claim in claims for value in claim],
     )
-    return {(row["project_id"], row["idempotency_key"]) for row in rows}
 
 
-async def release_idempotency_keys(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
-    for project_id, key in pairs:
-        await conn.execute(
-            "DELETE FROM idempotency_keys WHERE project_id = :p AND idempotency_key = :k",
-            {"p": project_id, "k": key},
-        )
+def release_idempotency_keys(pairs: Sequence[tuple[str, str]]) -> ExecuteMany:
+    return ExecuteMany("DELETE FROM idempotency_keys WHERE project_id = ? AND idempotency_key = ?", pairs)
 
 
 # Key rotation

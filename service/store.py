@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -22,6 +23,7 @@ from databases import Database
 from databases.core import Connection
 
 from service.errors import ServiceError, ServiceUnavailable
+from service.statements import Plan, run_postgres, run_sqlite
 
 logger = logging.getLogger("service.store")
 
@@ -30,13 +32,13 @@ Read = Callable[[Connection], Awaitable[T]]
 
 
 class WriteJob(Protocol):
-    """A unit of work for the committer. Jobs of one class run together through `run_batch`."""
+    """A unit of work for the committer. Consecutive jobs of one class are planned together."""
 
     writes_events: bool
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[Any]) -> list[Any]:
-        """Run the jobs in order; return one outcome each (a ServiceError outcome is raised to its caller)."""
+    def plan_batch(cls, jobs: Sequence[Any], dialect: str) -> Plan[list[Any]]:
+        """Statements for the jobs, in order; returns one outcome each (a ServiceError is raised to its caller)."""
         ...
 
 
@@ -231,8 +233,13 @@ class GroupCommitter(_Worker):
     async def _commit(self, conn: Connection, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         jobs = [job for job, _ in batch]
         try:
-            async with write_transaction(conn):
-                outcomes = await _run_jobs(conn, jobs)
+            if self._sqlite:
+                raw = conn.raw_connection
+                # One hop to the connection's thread for the whole transaction.
+                outcomes = await raw._execute(_commit_on_sqlite, raw, jobs)
+            else:
+                async with write_transaction(conn):
+                    outcomes = await run_postgres(conn.raw_connection, _batch_plan(jobs, "postgresql"))
         except Exception as exc:
             if not await _still_connected(conn):
                 for _, future in batch:
@@ -249,10 +256,6 @@ class GroupCommitter(_Worker):
             return
         if any(job.writes_events for job in jobs):
             self._on_events_committed()
-        if self._sqlite and any(getattr(job, "scrubs_old_values", False) for job in jobs):
-            # Replaced or deleted ciphertext lingers in WAL frames until a checkpoint; truncate them away.
-            async with conn.raw_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-                await cursor.fetchall()
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
@@ -262,14 +265,31 @@ class GroupCommitter(_Worker):
                 future.set_result(outcome)
 
 
-async def _run_jobs(conn: Connection, jobs: list[Any]) -> list[Any]:
+def _commit_on_sqlite(raw: Any, jobs: list[Any]) -> list[Any]:
+    """Runs in the aiosqlite thread: BEGIN IMMEDIATE, every plan, COMMIT."""
+    db: sqlite3.Connection = raw._conn
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = run_sqlite(db, _batch_plan(jobs, "sqlite"))
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    if any(getattr(job, "scrubs_old_values", False) for job in jobs):
+        # Replaced or deleted ciphertext lingers in WAL frames until a checkpoint; truncate them away.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return outcomes
+
+
+def _batch_plan(jobs: list[Any], dialect: str) -> Plan[list[Any]]:
     outcomes: list[Any] = []
     start = 0
     while start < len(jobs):
         end = start + 1
         while end < len(jobs) and type(jobs[end]) is type(jobs[start]):
             end += 1
-        outcomes.extend(await type(jobs[start]).run_batch(conn, jobs[start:end]))
+        outcomes.extend((yield from type(jobs[start]).plan_batch(jobs[start:end], dialect)))
         start = end
     return outcomes
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from service.errors import BadRequest, Unprocessable
 
 NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*")
 MAX_NAME_LENGTH = 255
@@ -25,9 +25,10 @@ class NewSecret:
 
 
 def check_json_content_type(content_type: str | None) -> None:
+    """A body not declared as JSON is a 400: LangWatch's contract has no 415 for clients to expect."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType("Content-Type must be application/json")
+        raise BadRequest("Content-Type must be application/json")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

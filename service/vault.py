@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from databases.core import Connection
-
 from service import repository
 from service.auth import Principal
 from service.crypto import Keyring, associated_data, keyed_fingerprint, seal
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from service.outbox import new_event, utc_now
 from service.repository import OutboxEvent, SecretRecord
+from service.statements import Plan
 from service.store import Store
 from service.validation import NewSecret
 
@@ -54,14 +53,14 @@ class CreateSecret:
     writes_events = True
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[CreateSecret]) -> list[Any]:
+    def plan_batch(cls, jobs: Sequence[CreateSecret], dialect: str) -> Plan[list[Any]]:
         outcomes: list[Any] = [None] * len(jobs)
         project_ids = sorted({job.record.project_id for job in jobs})
-        counts = await repository.secret_counts(
-            conn, project_ids, lock=conn._database.url.dialect == "postgresql"
-        )
+        counts = dict((yield repository.secret_counts(project_ids, lock=dialect == "postgresql")))
         claims = [job.claim for job in jobs if job.claim is not None]
-        claimed = await repository.claim_idempotency_keys(conn, claims)
+        claimed = (
+            {tuple(row) for row in (yield repository.claim_idempotency_keys(claims))} if claims else set()
+        )
         candidates: list[int] = []
         names_in_batch: set[tuple[str, str]] = set()
         for i, job in enumerate(jobs):
@@ -76,9 +75,10 @@ class CreateSecret:
                 names_in_batch.add((record.project_id, record.name))
                 counts[record.project_id] += 1
                 candidates.append(i)
-        inserted = await repository.insert_secrets(
-            conn, [(jobs[i].record, jobs[i].sealed) for i in candidates]
-        )
+        inserted: set[str] = set()
+        if candidates:
+            rows = yield repository.insert_secrets([(jobs[i].record, jobs[i].sealed) for i in candidates])
+            inserted = {row[0] for row in rows}
         events = []
         unclaim = []
         for i in candidates:
@@ -90,11 +90,11 @@ class CreateSecret:
                 outcomes[i] = _conflict(job.record.name)
                 if job.claim is not None:
                     unclaim.append((job.claim[0], job.claim[1]))
-        await repository.release_idempotency_keys(conn, unclaim)
-        await repository.insert_events(conn, events)
-        added = Counter(job.record.project_id for job in jobs if job.record.id in inserted)
-        for project_id, n in added.items():
-            await repository.add_to_secret_count(conn, project_id, n)
+        yield repository.release_idempotency_keys(unclaim)
+        yield repository.insert_events(events)
+        yield repository.add_to_secret_counts(
+            Counter(jobs[i].record.project_id for i in candidates if jobs[i].record.id in inserted)
+        )
         return outcomes
 
 
@@ -111,19 +111,20 @@ class UpdateSecret:
     scrubs_old_values = True
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[UpdateSecret]) -> list[Any]:
+    def plan_batch(cls, jobs: Sequence[UpdateSecret], dialect: str) -> Plan[list[Any]]:
         outcomes: list[Any] = []
         for job in jobs:
-            record = await repository.update_secret_value(
-                conn, job.project_id, job.secret_id, job.sealed, job.key_id, job.at
+            rows = yield repository.update_secret_value(
+                job.project_id, job.secret_id, job.sealed, job.key_id, job.at
             )
-            if record is None:
+            if not rows:
                 outcomes.append(_not_found())
                 continue
+            record = repository.secret_from_row(rows[0])
             event = new_event(
                 "secret.updated", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
             )
-            await repository.insert_events(conn, [event])
+            yield repository.insert_events([event])
             outcomes.append(record)
         return outcomes
 
@@ -139,17 +140,19 @@ class DeleteSecret:
     scrubs_old_values = True
 
     @classmethod
-    async def run_batch(cls, conn: Connection, jobs: Sequence[DeleteSecret]) -> list[Any]:
+    def plan_batch(cls, jobs: Sequence[DeleteSecret], dialect: str) -> Plan[list[Any]]:
         outcomes: list[Any] = []
         for job in jobs:
-            record = await repository.delete_secret(conn, job.project_id, job.secret_id)
-            if record is None:
+            rows = yield repository.delete_secret(job.project_id, job.secret_id)
+            if not rows:
                 outcomes.append(_not_found())
                 continue
+            record = repository.secret_from_row(rows[0])
             event = new_event(
                 "secret.deleted", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
             )
-            await repository.insert_events(conn, [event])
+            yield repository.insert_events([event])
+            yield repository.add_to_secret_counts({job.project_id: -1})
             outcomes.append(record)
         return outcomes
 
