@@ -55,11 +55,6 @@ class PayloadTooLarge(ServiceError):
     error = "Payload Too Large"
 
 
-class UnsupportedMediaType(ServiceError):
-    status_code = 415
-    error = "Unsupported Media Type"
-
-
 class Unprocessable(ServiceError):
     status_code = 422
     error = "Unprocessable Entity"

@@ -256,8 +256,9 @@ async def test_wrong_content_type_is_refused(client: httpx.AsyncClient, project:
         content=b'{"name": "A", "value": "v"}',
         headers={**auth(project), "Content-Type": "text/plain"},
     )
-    assert response.status_code == 415
-    assert response.json()["error"] == "Unsupported Media Type"
+    # The contract lists no 415, so a client can only expect a 400 here.
+    assert response.status_code == 400
+    assert response.json() == {"error": "Bad Request", "message": "Content-Type must be application/json"}
 
 
 async def test_unexpected_failure_is_a_generic_500(
