@@ -10,7 +10,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import uvicorn
 
 from service.settings import ConfigurationError, Settings
 
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # databases logs every query's arguments at DEBUG: ciphertexts and API-key hashes.
+    logging.getLogger("databases").setLevel(max(logging.INFO, logging.getLogger().level))
     if args.command == "keys" and args.action == "generate":
         return _generate_key(args)
     try:
@@ -109,8 +114,6 @@ def _generate_key(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.app import create_app
 
     config = uvicorn.Config(
@@ -125,9 +128,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_shutdown_seconds,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the signal it drained on; a drained SIGTERM is a clean exit.
+            self._captured_signals.clear()
 
 
 async def _migrate(settings: Settings) -> int:

@@ -30,7 +30,8 @@ class RequestIdMiddleware:
                     request_id = candidate
                 break
         request_id = request_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        # Each request gets its own copy of the lifespan state (as uvicorn does, though not every server).
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:

@@ -28,7 +28,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE secrets (
             id TEXT PRIMARY KEY,
             project_id TEXT NOT NULL REFERENCES projects (id),
-            name TEXT NOT NULL,
+            name TEXT {binary_collation} NOT NULL,
             sealed_value {blob} NOT NULL,
             key_id TEXT NOT NULL,
             created_at TEXT NOT NULL,
@@ -59,8 +59,9 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 _DIALECT = {
-    "sqlite": {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
-    "postgresql": {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY"},
+    # Names list in code-point order whatever the server's locale.
+    "sqlite": {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "binary_collation": ""},
+    "postgresql": {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY", "binary_collation": 'COLLATE "C"'},
 }
 
 # Replicas starting together must not migrate twice.

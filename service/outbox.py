@@ -36,11 +36,17 @@ SPECVERSION = "1.0"
 _TOPIC_ALREADY_EXISTS = 36
 _RELAY_LOCK = 0x5EC7E76
 _BATCH = 500
+# An Idempotency-Key answers retries for a day, as clients of such APIs expect.
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds, as the API returns timestamps."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso(datetime.now(UTC))
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_event(
@@ -249,6 +255,8 @@ class OutboxRelay:
         backoff = 0.2
         while True:
             self._wakeup.clear()
+            # A stop() during this round still gets one more round for what committed meanwhile.
+            final_round = self._stopping
             try:
                 if await self._lease.held():
                     while await self._publish_round() == _BATCH:
@@ -264,7 +272,7 @@ class OutboxRelay:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            if self._stopping:
+            if final_round:
                 return
             await self._sleep(self._settings.outbox_poll_seconds)
 
@@ -285,9 +293,13 @@ class OutboxRelay:
         if now < self._next_prune:
             return
         self._next_prune = now + 60
-        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.outbox_retention_seconds)
-        before = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        pruned = await self._store.write(PruneOutbox(before))
+        now_utc = datetime.now(UTC)
+        pruned = await self._store.write(
+            PruneOutbox(
+                _iso(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds)),
+                _iso(now_utc - IDEMPOTENCY_RETENTION),
+            )
+        )
         if pruned:
             logger.info("pruned %d published outbox rows", pruned)
 
@@ -306,14 +318,17 @@ class MarkPublished:
 
 
 class PruneOutbox:
+    """Drops published events past their retention, and idempotency records past theirs."""
+
     writes_events = False
 
-    def __init__(self, before: str) -> None:
-        self.before = before
+    def __init__(self, before: str, idempotency_before: str) -> None:
+        self.before, self.idempotency_before = before, idempotency_before
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[PruneOutbox], dialect: str) -> Plan[list[Any]]:
         pruned = []
         for job in jobs:
             pruned.append((yield repository.prune_published(job.before)))
+            yield repository.prune_idempotency_keys(job.idempotency_before)
         return pruned

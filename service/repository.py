@@ -228,6 +228,10 @@ def prune_published(before: str) -> Execute:
     return Execute("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", (before,))
 
 
+def prune_idempotency_keys(before: str) -> Execute:
+    return Execute("DELETE FROM idempotency_keys WHERE created_at < ?", (before,))
+
+
 # Idempotency
 
 

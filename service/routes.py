@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -61,12 +62,21 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+class _Secrets(HTTPEndpoint):
+    # One route per path, so a 405 lists every method the path has in Allow.
+    get = staticmethod(list_secrets)
+    post = staticmethod(create_secret)
+
+
+class _Secret(HTTPEndpoint):
+    get = staticmethod(get_secret)
+    put = staticmethod(update_secret)
+    delete = staticmethod(delete_secret)
+
+
 routes = [
-    Route("/api/secrets", create_secret, methods=["POST"]),
-    Route("/api/secrets", list_secrets, methods=["GET"]),
-    Route("/api/secrets/{id}", get_secret, methods=["GET"]),
-    Route("/api/secrets/{id}", update_secret, methods=["PUT"]),
-    Route("/api/secrets/{id}", delete_secret, methods=["DELETE"]),
+    Route("/api/secrets", _Secrets),
+    Route("/api/secrets/{id}", _Secret),
     Route("/healthz", health, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -48,7 +48,7 @@ class Settings:
     kafka_timeout_seconds: float = 10.0
     event_source: str = "secrets-service"
     sqlite_synchronous: str = "FULL"
-    max_body_bytes: int = 65536
+    max_body_bytes: int = 262144
     max_secrets_per_project: int = 10000
     auth_cache_seconds: float = 1.0
     outbox_poll_seconds: float = 0.5
@@ -87,7 +87,7 @@ class Settings:
             kafka_timeout_seconds=_float(env, "KAFKA_TIMEOUT_SECONDS", 10.0),
             event_source=env.get("EVENT_SOURCE", "secrets-service"),
             sqlite_synchronous=synchronous,
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 65536, minimum=1024),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 262144, minimum=1024),
             max_secrets_per_project=_int(env, "MAX_SECRETS_PER_PROJECT", 10000, minimum=1),
             auth_cache_seconds=_float(env, "AUTH_CACHE_SECONDS", 1.0, minimum=0.0),
             outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 0.5),

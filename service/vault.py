@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from service import repository
@@ -23,6 +24,16 @@ from service.store import Store
 from service.validation import NewSecret
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Ids are UUIDs (new_id); anything else cannot exist, and must not reach the database (NUL on PostgreSQL).
+_SECRET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _later(at: str, previous: str) -> str:
+    """`at`, or one millisecond after `previous` when the clock has not moved past it."""
+    if at > previous:
+        return at
+    instant = datetime.fromisoformat(previous) + timedelta(milliseconds=1)
+    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id() -> str:
@@ -63,11 +74,18 @@ class CreateSecret:
         )
         candidates: list[int] = []
         names_in_batch: set[tuple[str, str]] = set()
+        owned: set[tuple[str, str]] = set()
+        unclaim = []
         for i, job in enumerate(jobs):
             record = job.record
-            if job.claim is not None and (job.claim[0], job.claim[1]) not in claimed:
+            pair = None if job.claim is None else (job.claim[0], job.claim[1])
+            if pair is not None and (pair not in claimed or pair in owned):
+                # The first job with a key owns its claim (its row went in); the others replay it.
                 outcomes[i] = _IdempotencyKeyTaken()
-            elif (record.project_id, record.name) in names_in_batch:
+                continue
+            if pair is not None:
+                owned.add(pair)
+            if (record.project_id, record.name) in names_in_batch:
                 outcomes[i] = _conflict(record.name)
             elif counts.get(record.project_id, job.quota) >= job.quota:
                 outcomes[i] = Unprocessable(f"This project has reached its limit of {job.quota} secrets")
@@ -75,12 +93,14 @@ class CreateSecret:
                 names_in_batch.add((record.project_id, record.name))
                 counts[record.project_id] += 1
                 candidates.append(i)
+                continue
+            if pair is not None:
+                unclaim.append(pair)
         inserted: set[str] = set()
         if candidates:
             rows = yield repository.insert_secrets([(jobs[i].record, jobs[i].sealed) for i in candidates])
             inserted = {row[0] for row in rows}
         events = []
-        unclaim = []
         for i in candidates:
             job = jobs[i]
             if job.record.id in inserted:
@@ -247,6 +267,8 @@ class Vault:
         return await self._store.read(lambda conn: repository.list_secrets(conn, principal.project_id))
 
     async def get(self, principal: Principal, secret_id: str) -> SecretRecord:
+        if not _SECRET_ID.fullmatch(secret_id):
+            raise _not_found()
         record = await self._store.read(
             lambda conn: repository.get_secret(conn, principal.project_id, secret_id)
         )
@@ -262,7 +284,7 @@ class Vault:
             secret_id=secret_id,
             sealed=sealed,
             key_id=self._keyring.primary_id,
-            at=utc_now(),
+            at=_later(utc_now(), current.updated_at),
             api_key_id=principal.api_key_id,
             request_id=request_id,
         )
@@ -270,6 +292,8 @@ class Vault:
         return record
 
     async def delete(self, principal: Principal, secret_id: str, request_id: str) -> SecretRecord:
+        if not _SECRET_ID.fullmatch(secret_id):
+            raise _not_found()
         job = DeleteSecret(principal.project_id, secret_id, utc_now(), principal.api_key_id, request_id)
         record: SecretRecord = await self._store.write(job)
         return record

@@ -150,3 +150,175 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     finally:
         await asyncio.wait_for(consumer.stop(), 30)
     return records
+
+
+# ---------------------------------------------------------------------------
+# Helpers for the event and process tests (tests/test_events.py, tests/test_processes.py).
+# Plain functions and one small class; no fixtures here.
+# ---------------------------------------------------------------------------
+
+
+def secret_forms(secret: str) -> list[bytes]:
+    """Byte strings whose presence would reveal `secret`: itself, its hex, and its base64 at every alignment."""
+    raw = secret.encode()
+    forms = [raw, raw.hex().encode()]
+    for alphabet in (base64.b64encode, base64.urlsafe_b64encode):
+        for shift in range(3):
+            encoded = alphabet(b"\0" * shift + raw).rstrip(b"=")
+            # Drop the characters that mix in the padding bytes or whatever follows the secret.
+            forms.append(encoded[(4 if shift else 0) : -4])
+    return forms
+
+
+def leaked(secret: str, *blobs: bytes | str) -> bool:
+    """Whether any form of `secret` occurs in any blob (never prints either)."""
+    forms = secret_forms(secret)
+    for blob in blobs:
+        data = blob.encode() if isinstance(blob, str) else blob
+        if any(form in data for form in forms):
+            return True
+    return False
+
+
+async def poll_until(check: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    """Call `check()` (sync or async) until it returns something truthy; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def topic_snapshot(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record on the topic up to its current end offsets ([] while the topic does not exist)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async with asyncio.timeout(timeout):
+        admin_client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        await admin_client.start()
+        try:
+            (described,) = await admin_client.describe_topics([topic])
+        finally:
+            await admin_client.close()
+        if described["error_code"] != 0 or not described["partitions"]:
+            return []
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            # Not only a seek: with the default ("latest") the fetcher may reset past our seek.
+            auto_offset_reset="earliest",
+            request_timeout_ms=10000,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[Any] = []
+            remaining = {tp for tp in partitions if ends[tp] > 0}
+            while remaining:
+                batches = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, batch in batches.items():
+                    records.extend(r for r in batch if r.offset < ends[tp])
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+    return records
+
+
+async def wait_for_records(
+    bootstrap: str, topic: str, done: Any, timeout: float = 60.0, what: str = "records on the topic"
+) -> list[Any]:
+    """Snapshots of the topic until `done(records)` is true; returns the records that satisfied it."""
+    found: list[Any] = []
+
+    async def check() -> bool:
+        nonlocal found
+        try:
+            found = await topic_snapshot(bootstrap, topic)
+        except (TimeoutError, OSError):
+            return False
+        return bool(done(found))
+
+    await poll_until(check, timeout, interval=0.5, what=what)
+    return found
+
+
+def record_headers(record: Any) -> dict[str, str]:
+    return {name: value.decode() for name, value in (record.headers or [])}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_broker_port() -> int:
+    """A port N such that N and N + 1000 (kafka-local's controller port) are both free."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a private broker")
+
+
+class LocalBroker:
+    """A private scripts/kafka-local broker on its own port and data dir; `stop()` is safe to call always."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_broker_port()
+        self.data_dir = data_dir
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _run(self, action: str, timeout: float) -> str:
+        done = subprocess.run(
+            [
+                str(ROOT / "scripts" / "kafka-local"),
+                action,
+                "--port",
+                str(self.port),
+                "--data",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"kafka-local {action} failed: {done.stderr[-2000:]}"
+        return done.stdout
+
+    def start(self) -> str:
+        lines = self._run("start", timeout=240).strip().splitlines()
+        assert lines and lines[-1] == self.address, f"unexpected kafka-local output: {lines[-1:]}"
+        return self.address
+
+    def stop(self) -> None:
+        self._run("stop", timeout=120)
+
+    async def astart(self) -> str:
+        return await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)

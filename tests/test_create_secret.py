@@ -229,7 +229,7 @@ async def test_concurrent_creates_of_one_name_give_one_201(
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, project: dict[str, str]) -> None:
-    big = b'{"name": "A", "value": "' + b"x" * 200_000 + b'"}'
+    big = b'{"name": "A", "value": "' + b"x" * 300_000 + b'"}'
     response = await client.post(
         "/api/secrets", content=big, headers={**auth(project), "Content-Type": "application/json"}
     )

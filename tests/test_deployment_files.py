@@ -445,7 +445,11 @@ def test_nginx_keeps_upstream_connections_alive_and_limits_bodies():
     # keepalive to upstreams only works with HTTP/1.1 and no `Connection: close`.
     assert re.search(r"^\s*proxy_http_version\s+1\.1\s*;", text, re.M)
     assert re.search(r'^\s*proxy_set_header\s+Connection\s+""\s*;', text, re.M)
-    assert re.search(r"^\s*client_max_body_size\s+64k\s*;", text, re.M)
+    # nginx refuses what the service would refuse, no more: the body limits agree.
+    from service.settings import Settings
+
+    limit = re.search(r"^\s*client_max_body_size\s+(\d+)k\s*;", text, re.M)
+    assert limit and int(limit.group(1)) * 1024 == Settings.max_body_bytes
     assert re.search(r"^\s*location\s+=?\s*/healthz\s*\{", text, re.M), "no /healthz location"
     # The auth headers must reach the replicas untouched.
     for header in ("X-Auth-Token", "Authorization", "Idempotency-Key"):
