@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from service import errors
 from service.auth import Authenticator
 from service.crypto import Keyring
-from service.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from service.middleware import EdgeMiddleware
 from service.migrations import migrate
 from service.outbox import EventPublisher, OutboxRelay, RelayLease
 from service.routes import routes
@@ -66,9 +66,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(errors.ServerErrorMiddleware),
-            Middleware(RequestIdMiddleware),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes),
         ],
         exception_handlers={
             errors.ServiceError: errors.service_error,

@@ -92,10 +92,11 @@ def associated_data(project_id: str, secret_id: str, name: str) -> bytes:
 
 
 def seal(keyring: Keyring, plaintext: str, aad: bytes) -> bytes:
-    data_key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(_NONCE)
+    # One read from the OS CSPRNG for the data key and both nonces.
+    randomness = os.urandom(32 + 2 * _NONCE)
+    data_key, nonce, wrap_nonce = randomness[:32], randomness[32:44], randomness[44:]
     ciphertext = AESGCM(data_key).encrypt(nonce, plaintext.encode(), _VERSION + aad)
-    return _wrap(keyring, data_key, aad) + nonce + ciphertext
+    return _wrap(keyring, data_key, aad, wrap_nonce) + nonce + ciphertext
 
 
 def unseal(keyring: Keyring, blob: bytes, aad: bytes) -> str:
@@ -109,7 +110,7 @@ def unseal(keyring: Keyring, blob: bytes, aad: bytes) -> str:
 def rewrap(keyring: Keyring, blob: bytes, aad: bytes) -> bytes:
     """The same sealed value with its data key wrapped by the primary master key."""
     data_key, body = _unwrap(keyring, blob, aad)
-    return _wrap(keyring, data_key, aad) + body
+    return _wrap(keyring, data_key, aad, os.urandom(_NONCE)) + body
 
 
 def sealed_key_id(blob: bytes) -> str:
@@ -118,10 +119,9 @@ def sealed_key_id(blob: bytes) -> str:
     return blob[2 : 2 + blob[1]].decode()
 
 
-def _wrap(keyring: Keyring, data_key: bytes, aad: bytes) -> bytes:
+def _wrap(keyring: Keyring, data_key: bytes, aad: bytes, wrap_nonce: bytes) -> bytes:
     kid = keyring.primary_id.encode()
     header = _VERSION + bytes((len(kid),)) + kid
-    wrap_nonce = os.urandom(_NONCE)
     return header + wrap_nonce + keyring._key(keyring.primary_id).encrypt(wrap_nonce, data_key, header + aad)
 
 

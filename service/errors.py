@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("service.errors")
 
@@ -80,39 +78,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.headers:
         response.headers.update(exc.headers)
     return response
-
-
-class ServerErrorMiddleware:
-    """Turns any unhandled exception into the generic 500 body, and logs it without its message.
-
-    An exception's text can quote driver messages or data, so only its type and
-    stack frames are logged; it is not re-raised to the server, which would log it whole.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            logger.error(
-                "unhandled %s on %s %s\n%s", type(exc).__name__, scope["method"], scope["path"], frames
-            )
-            if not started:
-                response = error_response(500, "Internal Server Error", "An unexpected error occurred")
-                await response(scope, receive, send)
 
 
 def _reason(status_code: int) -> str:

@@ -15,17 +15,17 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 from databases import Database
 from databases.core import Connection
 
-from service import repository
+from service import ids, repository
 from service.repository import OutboxEvent, SecretRecord
 from service.settings import Settings
 from service.statements import Plan
@@ -36,6 +36,7 @@ SPECVERSION = "1.0"
 _TOPIC_ALREADY_EXISTS = 36
 _RELAY_LOCK = 0x5EC7E76
 _BATCH = 500
+_partition_for = DefaultPartitioner()
 # An Idempotency-Key answers retries for a day, as clients of such APIs expect.
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
@@ -63,7 +64,7 @@ def new_event(
     if event_type == "secret.deleted":
         data["deletedAt"] = at
     return OutboxEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=ids.uuid4(),
         event_type=event_type,
         subject=record.id,
         payload=json.dumps(data, separators=(",", ":")),
@@ -92,19 +93,32 @@ class EventPublisher:
         self._topic_ready = False
 
     async def publish(self, events: Sequence[OutboxEvent]) -> None:
-        timeout = self._settings.kafka_timeout_seconds
+        """Publish in order and wait for every acknowledgement; a record batch per partition, not a send per event."""
+        topic = self._settings.kafka_topic
         try:
             producer = await self._ready_producer()
-            async with asyncio.timeout(timeout):
-                futures = [
-                    await producer.send(
-                        self._settings.kafka_topic,
-                        value=event.payload.encode(),
-                        key=event.subject.encode(),
-                        headers=kafka_headers(event, self._settings.event_source),
-                    )
-                    for event in events
-                ]
+            async with asyncio.timeout(self._settings.kafka_timeout_seconds):
+                partitions = sorted(await producer.partitions_for(topic))
+                batches: dict[int, Any] = {}
+                futures = []
+                for event in events:
+                    key = event.subject.encode()
+                    # The Java client's murmur2 partitioner: one secret, one partition, whoever produces.
+                    partition = _partition_for(key, partitions, partitions)
+                    record = {
+                        "timestamp": None,
+                        "key": key,
+                        "value": event.payload.encode(),
+                        "headers": kafka_headers(event, self._settings.event_source),
+                    }
+                    batch = batches.get(partition)
+                    if batch is None or batch.append(**record) is None:
+                        if batch is not None:
+                            futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = batches[partition] = producer.create_batch()
+                        batch.append(**record)
+                for partition, batch in batches.items():
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
                 await asyncio.gather(*futures)
         except BaseException:
             await self.close()
@@ -229,6 +243,8 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
+        self._unmarked: set[int] = set()
+        self._marks: set[asyncio.Future[Any]] = set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -248,6 +264,8 @@ class OutboxRelay:
                     "relay did not flush within %.1fs; pending events stay in the outbox",
                     self._settings.relay_shutdown_seconds,
                 )
+        if self._marks:
+            await asyncio.wait(self._marks, timeout=self._settings.relay_shutdown_seconds)
         await self._publisher.close()
         await self._lease.release()
 
@@ -281,12 +299,29 @@ class OutboxRelay:
             await asyncio.wait_for(self._wakeup.wait(), seconds)
 
     async def _publish_round(self) -> int:
-        events = await self._store.read(lambda conn: repository.pending_events(conn, _BATCH))
+        # Rows published but not yet marked are skipped, so the next round need not wait for the mark's commit.
+        rows = await self._store.fetch(repository.pending_events(_BATCH + len(self._unmarked)))
+        events = [
+            OutboxEvent(event_id=e, event_type=t, subject=s, payload=p, created_at=c, seq=seq)
+            for seq, e, t, s, p, c in rows
+            if seq not in self._unmarked
+        ][:_BATCH]
         if not events:
             return 0
         await self._publisher.publish(events)
-        await self._store.write(MarkPublished([e.seq for e in events], utc_now()))
+        seqs = [e.seq for e in events]
+        self._unmarked.update(seqs)
+        mark = asyncio.ensure_future(self._store.write(MarkPublished(seqs, utc_now())))
+        self._marks.add(mark)
+        mark.add_done_callback(lambda done: self._marked(done, seqs))
         return len(events)
+
+    def _marked(self, mark: asyncio.Future[Any], seqs: list[int]) -> None:
+        self._marks.discard(mark)
+        # A mark that failed leaves its rows pending: they go out again (at least once).
+        self._unmarked.difference_update(seqs)
+        if not mark.cancelled() and mark.exception() is not None:
+            logger.warning("marking events published failed (%s)", type(mark.exception()).__name__)
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

@@ -199,23 +199,13 @@ def insert_events(events: Sequence[OutboxEvent]) -> ExecuteMany:
     )
 
 
-async def pending_events(conn: Connection, limit: int) -> list[OutboxEvent]:
-    rows = await conn.fetch_all(
+def pending_events(limit: int) -> Fetch:
+    """Unpublished events in commit order: rows of (seq, event_id, event_type, subject, payload, created_at)."""
+    return Fetch(
         "SELECT seq, event_id, event_type, subject, payload, created_at FROM outbox"
-        " WHERE published_at IS NULL ORDER BY seq LIMIT :limit",
-        {"limit": limit},
+        " WHERE published_at IS NULL ORDER BY seq LIMIT ?",
+        (limit,),
     )
-    return [
-        OutboxEvent(
-            seq=row["seq"],
-            event_id=row["event_id"],
-            event_type=row["event_type"],
-            subject=row["subject"],
-            payload=row["payload"],
-            created_at=row["created_at"],
-        )
-        for row in rows
-    ]
 
 
 def mark_published(seqs: Iterable[int], published_at: str) -> ExecuteMany:

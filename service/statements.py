@@ -84,6 +84,15 @@ async def run_postgres(conn: Any, plan: Plan[T]) -> T:
         return done.value  # type: ignore[no-any-return]
 
 
+async def fetch_rows(conn: Any, statement: Fetch) -> Sequence[Sequence[Any]]:
+    """Run one read statement on a `databases` connection's driver connection."""
+    raw = conn.raw_connection
+    if conn._database.url.dialect == "postgresql":
+        rows: Sequence[Sequence[Any]] = await raw.fetch(_numbered(statement.sql), *statement.params)
+        return rows
+    return await raw.execute_fetchall(statement.sql, statement.params)  # type: ignore[no-any-return]
+
+
 @functools.lru_cache(maxsize=1024)
 def _numbered(sql: str) -> str:
     """`?` placeholders as asyncpg's `$1, $2, ...`."""

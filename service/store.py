@@ -23,7 +23,7 @@ from databases import Database
 from databases.core import Connection
 
 from service.errors import ServiceError, ServiceUnavailable
-from service.statements import Plan, run_postgres, run_sqlite
+from service.statements import Fetch, Plan, fetch_rows, run_postgres, run_sqlite
 
 logger = logging.getLogger("service.store")
 
@@ -352,6 +352,10 @@ class Store:
 
     async def write(self, job: WriteJob) -> Any:
         return await self.committer.submit(job)
+
+    async def fetch(self, statement: Fetch) -> Sequence[Sequence[Any]]:
+        """A read statement straight to the driver, for the relay's hot loop."""
+        return await self.read(lambda conn: fetch_rows(conn, statement))
 
     async def read(self, read: Read[T]) -> T:
         if self._reader is not None:

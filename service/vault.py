@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from service import repository
+from service import ids, repository
 from service.auth import Principal
 from service.crypto import Keyring, associated_data, keyed_fingerprint, seal
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -24,7 +21,7 @@ from service.store import Store
 from service.validation import NewSecret
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-# Ids are UUIDs (new_id); anything else cannot exist, and must not reach the database (NUL on PostgreSQL).
+# Ids are UUIDs (ids.uuid7); anything else cannot exist, and must not reach the database (NUL on PostgreSQL).
 _SECRET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -34,14 +31,6 @@ def _later(at: str, previous: str) -> str:
         return at
     instant = datetime.fromisoformat(previous) + timedelta(milliseconds=1)
     return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    """A UUIDv7: time-ordered, so inserts land at the end of the primary-key index."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +186,7 @@ class Vault:
     ) -> Created:
         now = utc_now()
         record = SecretRecord(
-            id=new_id(),
+            id=ids.uuid7(),
             project_id=principal.project_id,
             name=new.name,
             key_id=self._keyring.primary_id,

@@ -21,7 +21,6 @@ import pytest
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
 from databases import Database
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import admin
 from service.app import create_app
@@ -78,21 +77,6 @@ class App:
 AppFactory = Callable[..., AbstractAsyncContextManager[App]]
 
 
-def per_request_state(app: ASGIApp) -> ASGIApp:
-    """Give each request its own copy of the lifespan state, as uvicorn does (and the ASGI spec asks).
-
-    asgi-lifespan hands every request the same dict, so the request id that RequestIdMiddleware
-    stores in scope["state"] would leak between concurrent requests.
-    """
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "state" in scope:
-            scope = {**scope, "state": dict(scope["state"])}
-        await app(scope, receive, send)
-
-    return wrapped
-
-
 @pytest.fixture
 def start_app(database_url: str) -> AppFactory:
     """Start the app (lifespan included) against a given broker; one project per app."""
@@ -104,7 +88,7 @@ def start_app(database_url: str) -> AppFactory:
         )
         settings = Settings.from_env(env)
         project = await admin.create_project(settings, "events")
-        app = per_request_state(create_app(settings))
+        app = create_app(settings)
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
