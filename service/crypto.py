@@ -23,6 +23,7 @@ import string
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.ids import random_bytes
 from service.settings import ConfigurationError, Secret
 
 FORMAT_VERSION = 1
@@ -92,8 +93,7 @@ def associated_data(project_id: str, secret_id: str, name: str) -> bytes:
 
 
 def seal(keyring: Keyring, plaintext: str, aad: bytes) -> bytes:
-    # One read from the OS CSPRNG for the data key and both nonces.
-    randomness = os.urandom(32 + 2 * _NONCE)
+    randomness = random_bytes(32 + 2 * _NONCE)
     data_key, nonce, wrap_nonce = randomness[:32], randomness[32:44], randomness[44:]
     ciphertext = AESGCM(data_key).encrypt(nonce, plaintext.encode(), _VERSION + aad)
     return _wrap(keyring, data_key, aad, wrap_nonce) + nonce + ciphertext

@@ -7,7 +7,9 @@ from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from service.responses import JSONResponse
 
 logger = logging.getLogger("service.errors")
 

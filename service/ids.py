@@ -1,18 +1,47 @@
-"""Identifiers: UUID strings made from one OS randomness read, without uuid.UUID objects."""
+"""Randomness and identifiers, without a system call each.
+
+Reading the OS CSPRNG costs a system call (10-15 us on this kind of VM, four times
+per create). random_bytes serves its output from a buffer refilled 64 KiB at a
+time, as OpenSSL's RAND does from its seed: every byte is still the kernel's, used
+once. The buffer is dropped in a forked child, which must never repeat its
+parent's bytes (a repeated nonce would break AES-GCM).
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+
+_REFILL = 65536
+_pool = b""
+_offset = 0
+_pid = 0
+_lock = threading.Lock()
+
+
+def random_bytes(n: int) -> bytes:
+    """n bytes from the OS CSPRNG, each handed out once."""
+    global _pool, _offset, _pid
+    with _lock:
+        if _offset + n > len(_pool) or _pid != os.getpid():
+            _pool, _offset, _pid = os.urandom(max(_REFILL, n)), 0, os.getpid()
+        chunk = _pool[_offset : _offset + n]
+        _offset += n
+    return chunk
 
 
 def uuid7() -> str:
     """Time-ordered (RFC 9562 version 7): inserts land at the end of the primary-key index."""
-    return _format((time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big"), 7)
+    return _format((time.time_ns() // 1_000_000) << 80 | int.from_bytes(random_bytes(10), "big"), 7)
 
 
 def uuid4() -> str:
-    return _format(int.from_bytes(os.urandom(16), "big"), 4)
+    return _format(int.from_bytes(random_bytes(16), "big"), 4)
+
+
+def request_id() -> str:
+    return random_bytes(16).hex()
 
 
 def _format(value: int, version: int) -> str:

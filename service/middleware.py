@@ -8,12 +8,12 @@ message of every request, and this path is the service's hottest.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import traceback
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import ids
 from service.errors import PayloadTooLarge, error_response
 
 logger = logging.getLogger("service.errors")
@@ -45,7 +45,7 @@ class EdgeMiddleware:
                     request_id = candidate
             elif name == b"content-length":
                 too_large = value.isdigit() and int(value) > self.max_body_bytes
-        request_id = request_id or os.urandom(16).hex()
+        request_id = request_id or ids.request_id()
         # Each request gets its own copy of the lifespan state (as uvicorn does, though not every server).
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         id_header = (b"x-request-id", request_id.encode())

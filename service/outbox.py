@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 from databases import Database
 from databases.core import Connection
 
@@ -36,7 +36,7 @@ SPECVERSION = "1.0"
 _TOPIC_ALREADY_EXISTS = 36
 _RELAY_LOCK = 0x5EC7E76
 _BATCH = 500
-_partition_for = DefaultPartitioner()
+_NOT_YET = float("inf")
 # An Idempotency-Key answers retries for a day, as clients of such APIs expect.
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
@@ -67,7 +67,7 @@ def new_event(
         event_id=ids.uuid4(),
         event_type=event_type,
         subject=record.id,
-        payload=json.dumps(data, separators=(",", ":")),
+        payload=orjson.dumps(data).decode(),
         created_at=at,
     )
 
@@ -103,8 +103,8 @@ class EventPublisher:
                 futures = []
                 for event in events:
                     key = event.subject.encode()
-                    # The Java client's murmur2 partitioner: one secret, one partition, whoever produces.
-                    partition = _partition_for(key, partitions, partitions)
+                    # One secret, one partition: a stable hash of its id (crc32 in C, not murmur2 in Python).
+                    partition = partitions[zlib.crc32(key) % len(partitions)]
                     record = {
                         "timestamp": None,
                         "key": key,
@@ -243,7 +243,8 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
-        self._unmarked: set[int] = set()
+        self._unmarked: dict[int, float] = {}  # seq -> first read that may forget it
+        self._reads = 0
         self._marks: set[asyncio.Future[Any]] = set()
 
     def wake(self) -> None:
@@ -300,7 +301,12 @@ class OutboxRelay:
 
     async def _publish_round(self) -> int:
         # Rows published but not yet marked are skipped, so the next round need not wait for the mark's commit.
+        # A row is forgotten only by a read that began after its mark committed: an earlier read may still see it.
+        self._reads += 1
+        read = self._reads
         rows = await self._store.fetch(repository.pending_events(_BATCH + len(self._unmarked)))
+        for seq in [seq for seq, marked_before in self._unmarked.items() if marked_before <= read]:
+            del self._unmarked[seq]
         events = [
             OutboxEvent(event_id=e, event_type=t, subject=s, payload=p, created_at=c, seq=seq)
             for seq, e, t, s, p, c in rows
@@ -310,7 +316,7 @@ class OutboxRelay:
             return 0
         await self._publisher.publish(events)
         seqs = [e.seq for e in events]
-        self._unmarked.update(seqs)
+        self._unmarked.update(dict.fromkeys(seqs, _NOT_YET))
         mark = asyncio.ensure_future(self._store.write(MarkPublished(seqs, utc_now())))
         self._marks.add(mark)
         mark.add_done_callback(lambda done: self._marked(done, seqs))
@@ -318,8 +324,9 @@ class OutboxRelay:
 
     def _marked(self, mark: asyncio.Future[Any], seqs: list[int]) -> None:
         self._marks.discard(mark)
-        # A mark that failed leaves its rows pending: they go out again (at least once).
-        self._unmarked.difference_update(seqs)
+        # Marked (or failed, leaving the rows to go out again: at least once): forgettable by the next read.
+        for seq in seqs:
+            self._unmarked[seq] = self._reads + 1
         if not mark.cancelled() and mark.exception() is not None:
             logger.warning("marking events published failed (%s)", type(mark.exception()).__name__)
 

@@ -127,8 +127,14 @@ def add_to_secret_counts(deltas: Mapping[str, int]) -> ExecuteMany:
 # Secrets
 
 
-def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]]) -> Fetch:
-    """Insert many secrets in one statement; fetches the ids that went in (the rest exist already)."""
+def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]], returning: bool) -> Fetch:
+    """Insert many secrets in one statement.
+
+    With returning (PostgreSQL, where other replicas write too), names taken meanwhile
+    are skipped and the ids that went in come back. Without (SQLite, where the batch
+    holds the only write lock and checked names first), a taken name is an error:
+    returned rows would each cost the connection's thread a hand-off of the GIL.
+    """
     params: list[Any] = []
     for record, sealed in rows:
         params += (
@@ -143,8 +149,24 @@ def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]]) -> Fetch:
     return Fetch(
         "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at)"
         f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
-        " ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
+        + (" ON CONFLICT (project_id, name) DO NOTHING RETURNING id" if returning else ""),
         params,
+    )
+
+
+def taken_names(pairs: Sequence[tuple[str, str]]) -> Fetch:
+    """Which of these (project_id, name) pairs already exist: rows of (project_id, name)."""
+    by_project: dict[str, list[str]] = {}
+    for project_id, name in pairs:
+        by_project.setdefault(project_id, []).append(name)
+    # One indexed lookup per project (a row-value IN list would scan the table).
+    selects = [
+        f"SELECT project_id, name FROM secrets WHERE project_id = ? AND name IN ({', '.join('?' * len(names))})"
+        for names in by_project.values()
+    ]
+    return Fetch(
+        " UNION ALL ".join(selects),
+        [value for project_id, names in by_project.items() for value in (project_id, *names)],
     )
 
 
@@ -192,10 +214,11 @@ def delete_secret(project_id: str, secret_id: str) -> Fetch:
 # Outbox
 
 
-def insert_events(events: Sequence[OutboxEvent]) -> ExecuteMany:
-    return ExecuteMany(
-        "INSERT INTO outbox (event_id, event_type, subject, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-        [(e.event_id, e.event_type, e.subject, e.payload, e.created_at) for e in events],
+def insert_events(events: Sequence[OutboxEvent]) -> Execute:
+    return Execute(
+        "INSERT INTO outbox (event_id, event_type, subject, payload, created_at)"
+        f" VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(events))}",
+        [value for e in events for value in (e.event_id, e.event_type, e.subject, e.payload, e.created_at)],
     )
 
 

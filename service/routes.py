@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service.errors import NO_STORE
 from service.openapi import openapi_document
+from service.responses import JSONResponse
 from service.validation import check_json_content_type, parse_json_object, parse_new_secret, parse_value
 
 

@@ -86,8 +86,23 @@ class CreateSecret:
             if pair is not None:
                 unclaim.append(pair)
         inserted: set[str] = set()
-        if candidates:
-            rows = yield repository.insert_secrets([(jobs[i].record, jobs[i].sealed) for i in candidates])
+        if candidates and dialect == "sqlite":
+            taken = yield repository.taken_names(
+                [(jobs[i].record.project_id, jobs[i].record.name) for i in candidates]
+            )
+            taken_pairs = {tuple(row) for row in taken}
+            going_in = [
+                i for i in candidates if (jobs[i].record.project_id, jobs[i].record.name) not in taken_pairs
+            ]
+            if going_in:
+                yield repository.insert_secrets(
+                    [(jobs[i].record, jobs[i].sealed) for i in going_in], returning=False
+                )
+            inserted = {jobs[i].record.id for i in going_in}
+        elif candidates:
+            rows = yield repository.insert_secrets(
+                [(jobs[i].record, jobs[i].sealed) for i in candidates], returning=True
+            )
             inserted = {row[0] for row in rows}
         events = []
         for i in candidates:
@@ -100,7 +115,8 @@ class CreateSecret:
                 if job.claim is not None:
                     unclaim.append((job.claim[0], job.claim[1]))
         yield repository.release_idempotency_keys(unclaim)
-        yield repository.insert_events(events)
+        if events:
+            yield repository.insert_events(events)
         yield repository.add_to_secret_counts(
             Counter(jobs[i].record.project_id for i in candidates if jobs[i].record.id in inserted)
         )

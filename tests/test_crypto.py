@@ -38,3 +38,22 @@ def test_keyring_repr_shows_no_key_material() -> None:
     keyring = Keyring.from_setting(Secret(entry))
     assert entry.split(":")[1] not in repr(keyring)
     assert entry.split(":")[1] not in repr(Secret(entry))
+
+
+def test_a_forked_child_never_repeats_its_parents_randomness() -> None:
+    import os
+
+    from service.ids import random_bytes
+
+    random_bytes(16)  # the parent's buffer is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, random_bytes(32))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 32)
+    os.close(read)
+    os.close(write)
+    parent = random_bytes(32)
+    assert child != parent
