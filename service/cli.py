@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -128,6 +129,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_shutdown_seconds,
         server_header=False,
     )
+    # Startup objects never die: keep them out of every collection, and collect young objects
+    # less often (measured: ~8% more creates/s under load).
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
     server = _Server(config)
     server.run()
     return 0 if server.started else 1
