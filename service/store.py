@@ -46,17 +46,12 @@ def open_database(url: str) -> Database:
     return Database(url)
 
 
-async def configure_connection(
-    conn: Connection, synchronous: str = "FULL", checkpoint_elsewhere: bool = False
-) -> None:
+async def configure_connection(conn: Connection, synchronous: str = "FULL") -> None:
     if conn._database.url.dialect != "sqlite":
         return
     raw = conn.raw_connection
     for pragma in (
         "PRAGMA journal_mode=WAL",
-        # Checkpoints run from the reader (Store._checkpoint_wal); a connection of another process
-        # (the command line) keeps the default, and so keeps the WAL bounded without a server.
-        f"PRAGMA wal_autocheckpoint={0 if checkpoint_elsewhere else 1000}",
         f"PRAGMA synchronous={synchronous}",
         "PRAGMA busy_timeout=5000",
         "PRAGMA secure_delete=ON",
@@ -107,8 +102,6 @@ async def _own_connection(database: Database) -> AsyncIterator[Connection]:
 class _Worker:
     """A task that owns one connection and serves queued work on it."""
 
-    checkpoints_elsewhere = False
-
     def __init__(self, database: Database, name: str, synchronous: str) -> None:
         self._database = database
         self._name = name
@@ -147,7 +140,7 @@ class _Worker:
         while True:
             try:
                 async with _own_connection(self._database) as conn:
-                    await configure_connection(conn, self._synchronous, self.checkpoints_elsewhere)
+                    await configure_connection(conn, self._synchronous)
                     self._ready.set()
                     backoff = 0.1
                     await self._serve(conn)
@@ -220,8 +213,6 @@ class Reader(_Worker):
 
 
 class GroupCommitter(_Worker):
-    checkpoints_elsewhere = True
-
     def __init__(
         self,
         database: Database,
@@ -346,7 +337,6 @@ class Store:
         self._sqlite = database.url.dialect == "sqlite"
         self.committer = GroupCommitter(database, synchronous, on_events_committed)
         self._reader = Reader(database, "reader", synchronous) if self._sqlite else None
-        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -356,32 +346,11 @@ class Store:
         await self.committer.start()
         if self._reader is not None:
             await self._reader.start()
-            self._checkpointer = asyncio.create_task(self._checkpoint_wal(), name="wal-checkpointer")
 
     async def stop(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
         await self.committer.stop()
         if self._reader is not None:
             await self._reader.stop()
-
-    async def _checkpoint_wal(self, every: float = 1.0) -> None:
-        """Copies the WAL into the database from the reader's connection, so the writer's commits never do.
-
-        A checkpoint in the writer's COMMIT (SQLite's default every 1000 pages) stalls every
-        create in that batch for the copy and its fsync; a PASSIVE one elsewhere runs beside them.
-        """
-        assert self._reader is not None
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self._reader.run(
-                    lambda conn: conn.raw_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                )
-            except Exception as exc:
-                logger.warning("WAL checkpoint failed (%s)", type(exc).__name__)
 
     async def write(self, job: WriteJob) -> Any:
         return await self.committer.submit(job)
