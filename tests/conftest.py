@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import subprocess
 import uuid
@@ -37,16 +38,13 @@ def _backend_id(url: str) -> str:
     return "sqlite" if url == "sqlite" else DatabaseURL(url).dialect
 
 
-@pytest.fixture(params=_BACKENDS, ids=[_backend_id(u) for u in _BACKENDS])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    backend: str = request.param
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/secrets.db"
-        return
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str, prefix: str = "test_") -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of server_url, dropped afterwards."""
     import asyncpg
 
-    server = DatabaseURL(backend)
-    name = "test_" + uuid.uuid4().hex[:12]
+    server = DatabaseURL(server_url)
+    name = prefix + uuid.uuid4().hex[:12]
     dsn = str(server.replace(database="postgres")).replace("postgresql+asyncpg://", "postgresql://", 1)
 
     async def admin_sql(sql: str) -> None:
@@ -57,8 +55,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             await conn.close()
 
     asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
-    yield str(server.replace(database=name))
-    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield str(server.replace(database=name))
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=_BACKENDS, ids=[_backend_id(u) for u in _BACKENDS])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    backend: str = request.param
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/secrets.db"
+        return
+    with fresh_postgres_database(backend) as url:
+        yield url
 
 
 def make_env(database_url: str, **overrides: str) -> dict[str, str]:
@@ -89,12 +99,19 @@ def settings(env: dict[str, str]) -> Settings:
     return Settings.from_env(env)
 
 
-@pytest_asyncio.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the in-process app, with its lifespan running."""
     async with LifespanManager(create_app(settings), startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
             yield http
+
+
+@pytest_asyncio.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(settings) as http:
+        yield http
 
 
 @pytest_asyncio.fixture
@@ -109,6 +126,19 @@ async def other_project(settings: Settings) -> dict[str, str]:
 
 def auth(project: dict[str, str]) -> dict[str, str]:
     return {"X-Auth-Token": project["apiKey"]}
+
+
+async def create(
+    client: httpx.AsyncClient,
+    project: dict[str, str],
+    name: str = "OPENAI_API_KEY",
+    value: str = "sk-value",
+    **headers: str,
+) -> httpx.Response:
+    """POST /api/secrets as the project."""
+    return await client.post(
+        "/api/secrets", json={"name": name, "value": value}, headers={**auth(project), **headers}
+    )
 
 
 @pytest.fixture(scope="session")

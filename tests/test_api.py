@@ -4,7 +4,6 @@ the quota, isolation between projects, and hostile input on every endpoint that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -14,14 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from asgi_lifespan import LifespanManager
 from databases import Database
 
 from service import admin, repository
-from service.app import create_app
 from service.crypto import Keyring, associated_data, unseal
 from service.settings import Settings
-from tests.conftest import CANARY, auth, make_env
+from tests.conftest import CANARY, auth, create, make_env, serving
 
 METADATA_FIELDS = {"id", "projectId", "name", "createdAt", "updatedAt"}
 UNAUTHORIZED = {
@@ -32,18 +29,6 @@ QUOTA = 3
 
 
 # Helpers
-
-
-async def create(
-    client: httpx.AsyncClient,
-    project: dict[str, str],
-    name: str = "OPENAI_API_KEY",
-    value: str = "sk-value",
-    **headers: str,
-) -> httpx.Response:
-    return await client.post(
-        "/api/secrets", json={"name": name, "value": value}, headers={**auth(project), **headers}
-    )
 
 
 async def created(
@@ -97,14 +82,6 @@ async def stored_value(settings: Settings, secret: dict[str, Any]) -> str:
 
 def instant(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp)
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(create_app(settings), startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
-            yield http
 
 
 async def still_serving(client: httpx.AsyncClient, project: dict[str, str]) -> None:

@@ -11,22 +11,10 @@ import pytest
 
 from service import admin
 from service.settings import Settings
-from tests.conftest import CANARY, auth
+from tests.conftest import CANARY, auth, create
 
 pytestmark = pytest.mark.asyncio
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-async def create(
-    client: httpx.AsyncClient,
-    project: dict[str, str],
-    name: str = "OPENAI_API_KEY",
-    value: str = "sk-value",
-    **headers: str,
-) -> httpx.Response:
-    return await client.post(
-        "/api/secrets", json={"name": name, "value": value}, headers={**auth(project), **headers}
-    )
 
 
 async def test_create_returns_metadata_never_the_value(

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from databases import DatabaseURL
 
 from service import admin
 from service.settings import Settings
-from tests.conftest import ROOT, make_env, read_topic
+from tests.conftest import ROOT, fresh_postgres_database, make_env, read_topic
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.slow]
 
@@ -101,22 +99,8 @@ class Replica:
 def pg_database_url() -> Iterator[str]:
     if not _PG:
         pytest.skip("needs a postgresql URL in TEST_DATABASE_URLS")
-    import asyncpg
-
-    server = DatabaseURL(_PG[0])
-    name = "replicas_" + uuid.uuid4().hex[:10]
-    dsn = str(server.replace(database="postgres")).replace("postgresql+asyncpg://", "postgresql://", 1)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield str(server.replace(database=name))
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database(_PG[0], prefix="replicas_") as url:
+        yield url
 
 
 @pytest_asyncio.fixture
