@@ -66,11 +66,6 @@ def _secret(row: Any) -> SecretRecord:
     )
 
 
-def _in_list(prefix: str, items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-    names = [f"{prefix}{i}" for i in range(len(items))]
-    return ", ".join(f":{n}" for n in names), dict(zip(names, items, strict=True))
-
-
 # Projects and API keys
 
 

@@ -338,10 +338,6 @@ class Store:
         self.committer = GroupCommitter(database, synchronous, on_events_committed)
         self._reader = Reader(database, "reader", synchronous) if self._sqlite else None
 
-    @property
-    def is_postgres(self) -> bool:
-        return not self._sqlite
-
     async def start(self) -> None:
         await self.committer.start()
         if self._reader is not None:
