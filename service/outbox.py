@@ -44,10 +44,11 @@ IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds, as the API returns timestamps."""
-    return _iso(datetime.now(UTC))
+    return iso_utc(datetime.now(UTC))
 
 
-def _iso(instant: datetime) -> str:
+def iso_utc(instant: datetime) -> str:
+    """The API's timestamp form: ISO 8601, UTC, milliseconds, Z."""
     return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -341,8 +342,8 @@ class OutboxRelay:
         now_utc = datetime.now(UTC)
         pruned = await self._store.write(
             PruneOutbox(
-                _iso(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds)),
-                _iso(now_utc - IDEMPOTENCY_RETENTION),
+                iso_utc(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds)),
+                iso_utc(now_utc - IDEMPOTENCY_RETENTION),
             )
         )
         if pruned:

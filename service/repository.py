@@ -56,14 +56,7 @@ def secret_from_row(row: Sequence[Any]) -> SecretRecord:
 
 
 def _secret(row: Any) -> SecretRecord:
-    return SecretRecord(
-        id=row["id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        key_id=row["key_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return SecretRecord(**row._mapping)
 
 
 # Projects and API keys

@@ -147,9 +147,7 @@ class _Worker:
                     return
             except _ConnectionLost as exc:
                 await expire_pool(self._database)
-                logger.warning(
-                    "%s lost its database connection (%s); reconnecting", self._name, exc.__cause__ or exc
-                )
+                logger.warning("%s lost its database connection (%s); reconnecting", self._name, exc)
             except Exception as exc:
                 if not self._ready.is_set():
                     raise
@@ -207,7 +205,7 @@ class Reader(_Worker):
         except Exception as exc:
             future.set_exception(exc)
             if not await _still_connected(conn):
-                raise _ConnectionLost(f"{type(exc).__name__}: {exc}") from None
+                raise _ConnectionLost(type(exc).__name__) from None
         else:
             future.set_result(result)
 
@@ -247,7 +245,7 @@ class GroupCommitter(_Worker):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(ServiceUnavailable("The database is unavailable; retry shortly"))
-                raise _ConnectionLost(f"{type(exc).__name__}: {exc}") from None
+                raise _ConnectionLost(type(exc).__name__) from None
             if len(batch) > 1:
                 for item in batch:
                     await self._commit(conn, [item])

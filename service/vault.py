@@ -14,7 +14,7 @@ from service import ids, repository
 from service.auth import Principal
 from service.crypto import Keyring, associated_data, keyed_fingerprint, seal
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
-from service.outbox import new_event, utc_now
+from service.outbox import iso_utc, new_event, utc_now
 from service.repository import OutboxEvent, SecretRecord
 from service.statements import Plan
 from service.store import Store
@@ -29,8 +29,7 @@ def _later(at: str, previous: str) -> str:
     """`at`, or one millisecond after `previous` when the clock has not moved past it."""
     if at > previous:
         return at
-    instant = datetime.fromisoformat(previous) + timedelta(milliseconds=1)
-    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.fromisoformat(previous) + timedelta(milliseconds=1))
 
 
 @dataclass(frozen=True, slots=True)
