@@ -87,12 +87,11 @@ async def revoke_api_key(conn: Connection, key_id: str, revoked_at: str) -> bool
     return bool(rows)
 
 
-async def find_active_api_key(conn: Connection, key_hash: str) -> Mapping[str, Any] | None:
-    row = await conn.fetch_one(
-        "SELECT id, project_id, key_hash FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL",
-        {"key_hash": key_hash},
+def find_active_api_key(key_hash: str) -> Fetch:
+    """(id, project_id, key_hash) of the unrevoked key with this hash, if any."""
+    return Fetch(
+        "SELECT id, project_id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", [key_hash]
     )
-    return None if row is None else dict(row._mapping)
 
 
 def secret_counts(project_ids: Sequence[str], lock: bool) -> Fetch:
