@@ -36,10 +36,6 @@ def uuid7() -> str:
     return _format((time.time_ns() // 1_000_000) << 80 | int.from_bytes(random_bytes(10), "big"), 7)
 
 
-def uuid4() -> str:
-    return _format(int.from_bytes(random_bytes(16), "big"), 4)
-
-
 def request_id() -> str:
     return random_bytes(16).hex()
 

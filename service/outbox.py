@@ -66,7 +66,7 @@ def new_event(
     if event_type == "secret.deleted":
         data["deletedAt"] = at
     return OutboxEvent(
-        event_id=ids.uuid4(),
+        event_id=ids.uuid7(),
         event_type=event_type,
         subject=record.id,
         payload=orjson.dumps(data).decode(),

@@ -158,7 +158,7 @@ async def test_n_creates_give_n_cloudevents_without_the_value(
         assert headers["ce_type"] == "secret.created"
         assert headers["ce_source"] == "urn:test:secrets-service"
         assert headers["content-type"] == "application/json"
-        assert headers["ce_id"]
+        assert uuid.UUID(headers["ce_id"]).version == 7, "ce_id is a time-ordered UUID"
         ids.append(headers["ce_id"])
         assert datetime.fromisoformat(headers["ce_time"]).tzinfo is not None, headers["ce_time"]
 
