@@ -9,8 +9,9 @@ from databases import Database
 
 logger = logging.getLogger("service.migrations")
 
-# Each migration is a list of statements; {blob} and {serial} differ per dialect.
-MIGRATIONS: list[list[str]] = [
+# Each migration is a list of statements; {blob} and {serial} differ per dialect, and a
+# (dialect, statement) pair runs on that dialect only.
+MIGRATIONS: list[list[str | tuple[str, str]]] = [
     [
         """CREATE TABLE projects (
             id TEXT PRIMARY KEY,
@@ -56,6 +57,21 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (project_id, idempotency_key)
         )""",
     ],
+    # SQLite: relay progress as one cursor row (see repository). The relay no longer
+    # writes outbox.published_at there, and the partial indexes on it only cost inserts.
+    [
+        (
+            "sqlite",
+            "CREATE TABLE relay_progress (id INTEGER PRIMARY KEY CHECK (id = 1), published_seq INTEGER NOT NULL)",
+        ),
+        (
+            "sqlite",
+            "INSERT INTO relay_progress (id, published_seq) VALUES (1, COALESCE("
+            "(SELECT MIN(seq) - 1 FROM outbox WHERE published_at IS NULL), (SELECT MAX(seq) FROM outbox), 0))",
+        ),
+        ("sqlite", "DROP INDEX outbox_pending"),
+        ("sqlite", "DROP INDEX outbox_published"),
+    ],
 ]
 
 _DIALECT = {
@@ -85,6 +101,10 @@ async def migrate(database: Database) -> int:
                     continue
                 async with conn.transaction():
                     for statement in statements:
+                        if isinstance(statement, tuple):
+                            only_on, statement = statement
+                            if only_on != dialect:
+                                continue
                         await conn.execute(statement.format(**_DIALECT[dialect]))
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :at)",

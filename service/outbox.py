@@ -28,7 +28,7 @@ from databases.core import Connection
 from service import ids, repository
 from service.repository import OutboxEvent, SecretRecord
 from service.settings import Settings
-from service.statements import Plan
+from service.statements import Execute, Plan
 
 logger = logging.getLogger("service.outbox")
 
@@ -38,6 +38,7 @@ _RELAY_LOCK = 0x5EC7E76
 _BATCH = 500
 _NOT_YET = float("inf")
 _GATHER_SECONDS = 0.02
+_PRUNE_CHUNK = 10_000
 # An Idempotency-Key answers retries for a day, as clients of such APIs expect.
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
@@ -245,8 +246,9 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
-        self._unmarked: dict[int, float] = {}  # seq -> first read that may forget it
-        self._reads = 0
+        self._progress: CursorProgress | MarkedProgress = (
+            CursorProgress() if store.database.url.dialect == "sqlite" else MarkedProgress()
+        )
         self._marks: set[asyncio.Future[Any]] = set()
 
     def wake(self) -> None:
@@ -304,35 +306,23 @@ class OutboxRelay:
             await asyncio.wait_for(self._wakeup.wait(), seconds)
 
     async def _publish_round(self) -> int:
-        # Rows published but not yet marked are skipped, so the next round need not wait for the mark's commit.
-        # A row is forgotten only by a read that began after its mark committed: an earlier read may still see it.
-        self._reads += 1
-        read = self._reads
-        rows = await self._store.fetch(repository.pending_events(_BATCH + len(self._unmarked)))
-        for seq in [seq for seq, marked_before in self._unmarked.items() if marked_before <= read]:
-            del self._unmarked[seq]
-        events = [
-            OutboxEvent(event_id=e, event_type=t, subject=s, payload=p, created_at=c, seq=seq)
-            for seq, e, t, s, p, c in rows
-            if seq not in self._unmarked
-        ][:_BATCH]
+        events = await self._progress.pending(self._store, _BATCH)
         if not events:
             return 0
         await self._publisher.publish(events)
-        seqs = [e.seq for e in events]
-        self._unmarked.update(dict.fromkeys(seqs, _NOT_YET))
-        mark = asyncio.ensure_future(self._store.write(MarkPublished(seqs, utc_now())))
+        # Recorded in the background: the next round need not wait for this commit (see the progress classes).
+        job = self._progress.published(events)
+        mark = asyncio.ensure_future(self._store.write(job))
         self._marks.add(mark)
-        mark.add_done_callback(lambda done: self._marked(done, seqs))
+        mark.add_done_callback(lambda done: self._recorded(done, job))
         return len(events)
 
-    def _marked(self, mark: asyncio.Future[Any], seqs: list[int]) -> None:
+    def _recorded(self, mark: asyncio.Future[Any], job: Any) -> None:
         self._marks.discard(mark)
-        # Marked (or failed, leaving the rows to go out again: at least once): forgettable by the next read.
-        for seq in seqs:
-            self._unmarked[seq] = self._reads + 1
+        self._progress.recorded(job)
+        # A failed record leaves the events to go out again after a restart: at least once.
         if not mark.cancelled() and mark.exception() is not None:
-            logger.warning("marking events published failed (%s)", type(mark.exception()).__name__)
+            logger.warning("recording published events failed (%s)", type(mark.exception()).__name__)
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()
@@ -340,14 +330,95 @@ class OutboxRelay:
             return
         self._next_prune = now + 60
         now_utc = datetime.now(UTC)
-        pruned = await self._store.write(
-            PruneOutbox(
-                iso_utc(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds)),
-                iso_utc(now_utc - IDEMPOTENCY_RETENTION),
-            )
-        )
+        before = iso_utc(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds))
+        pruned = 0
+        # In bounded chunks, each its own commit, so creates are never queued behind a long delete.
+        while (chunk := await self._store.write(PruneOutbox(before, self._progress))) > 0:
+            pruned += chunk
+            if chunk < _PRUNE_CHUNK or self._stopping:
+                break
+        await self._store.write(PruneIdempotencyKeys(iso_utc(now_utc - IDEMPOTENCY_RETENTION)))
         if pruned:
             logger.info("pruned %d published outbox rows", pruned)
+
+
+class CursorProgress:
+    """SQLite: what is published is one seq, as the single writer commits in seq order.
+
+    The relay reads after its own in-memory cursor, so it never waits for the
+    cursor row's commit; the row is only where a restart resumes.
+    """
+
+    def __init__(self) -> None:
+        self._cursor: int | None = None
+
+    async def pending(self, store: Any, limit: int) -> list[OutboxEvent]:
+        if self._cursor is None:
+            self._cursor = int((await store.fetch(repository.published_through()))[0][0])
+        return _events(await store.fetch(repository.events_after(self._cursor, limit)))
+
+    def published(self, events: list[OutboxEvent]) -> AdvancePublished:
+        self._cursor = events[-1].seq
+        return AdvancePublished(self._cursor)
+
+    def recorded(self, job: AdvancePublished) -> None:
+        pass
+
+    def prune(self, before: str) -> Execute:
+        return repository.prune_published_through(before, _PRUNE_CHUNK)
+
+
+class MarkedProgress:
+    """PostgreSQL: replicas commit out of seq order, so each published row is marked.
+
+    Rows published but not yet marked are skipped, so the next round need not wait for
+    the mark's commit. A row is forgotten only by a read that began after its mark
+    committed: an earlier read may still see it unmarked.
+    """
+
+    def __init__(self) -> None:
+        self._unmarked: dict[int, float] = {}  # seq -> first read that may forget it
+        self._reads = 0
+
+    async def pending(self, store: Any, limit: int) -> list[OutboxEvent]:
+        self._reads += 1
+        read = self._reads
+        rows = await store.fetch(repository.unmarked_events(limit + len(self._unmarked)))
+        for seq in [seq for seq, marked_before in self._unmarked.items() if marked_before <= read]:
+            del self._unmarked[seq]
+        return [event for event in _events(rows) if event.seq not in self._unmarked][:limit]
+
+    def published(self, events: list[OutboxEvent]) -> MarkPublished:
+        seqs = [event.seq for event in events]
+        self._unmarked.update(dict.fromkeys(seqs, _NOT_YET))
+        return MarkPublished(seqs, utc_now())
+
+    def recorded(self, job: MarkPublished) -> None:
+        # Marked (or failed, leaving the rows to go out again: at least once): forgettable by the next read.
+        for seq in job.seqs:
+            self._unmarked[seq] = self._reads + 1
+
+    def prune(self, before: str) -> Execute:
+        return repository.prune_marked(before)
+
+
+def _events(rows: Sequence[Sequence[Any]]) -> list[OutboxEvent]:
+    return [
+        OutboxEvent(event_id=e, event_type=t, subject=s, payload=p, created_at=c, seq=seq)
+        for seq, e, t, s, p, c in rows
+    ]
+
+
+class AdvancePublished:
+    writes_events = False
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    @classmethod
+    def plan_batch(cls, jobs: Sequence[AdvancePublished], dialect: str) -> Plan[list[Any]]:
+        yield repository.advance_published_through(max(job.seq for job in jobs))
+        return [None] * len(jobs)
 
 
 class MarkPublished:
@@ -364,17 +435,31 @@ class MarkPublished:
 
 
 class PruneOutbox:
-    """Drops published events past their retention, and idempotency records past theirs."""
+    """Drops a chunk of published events past their retention; returns how many."""
 
     writes_events = False
 
-    def __init__(self, before: str, idempotency_before: str) -> None:
-        self.before, self.idempotency_before = before, idempotency_before
+    def __init__(self, before: str, progress: CursorProgress | MarkedProgress) -> None:
+        self.statement = progress.prune(before)
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[PruneOutbox], dialect: str) -> Plan[list[Any]]:
         pruned = []
         for job in jobs:
-            pruned.append((yield repository.prune_published(job.before)))
-            yield repository.prune_idempotency_keys(job.idempotency_before)
+            pruned.append((yield job.statement))
         return pruned
+
+
+class PruneIdempotencyKeys:
+    """Drops idempotency records past their retention."""
+
+    writes_events = False
+
+    def __init__(self, before: str) -> None:
+        self.before = before
+
+    @classmethod
+    def plan_batch(cls, jobs: Sequence[PruneIdempotencyKeys], dialect: str) -> Plan[list[Any]]:
+        for job in jobs:
+            yield repository.prune_idempotency_keys(job.before)
+        return [None] * len(jobs)

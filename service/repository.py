@@ -209,12 +209,18 @@ def insert_events(events: Sequence[OutboxEvent]) -> Execute:
     )
 
 
-def pending_events(limit: int) -> Fetch:
-    """Unpublished events in commit order: rows of (seq, event_id, event_type, subject, payload, created_at)."""
+_EVENT_COLUMNS = "seq, event_id, event_type, subject, payload, created_at"
+
+# Which outbox rows are published is kept per dialect. SQLite has one writer, so seq
+# order is commit order and one cursor row (relay_progress) says how far the relay
+# got: publishing writes one small row, not every published row again. On PostgreSQL
+# replicas commit concurrently, out of seq order, so each row is marked instead.
+
+
+def unmarked_events(limit: int) -> Fetch:
+    """PostgreSQL: unpublished events in seq order, rows of (seq, event_id, event_type, subject, payload, created_at)."""
     return Fetch(
-        "SELECT seq, event_id, event_type, subject, payload, created_at FROM outbox"
-        " WHERE published_at IS NULL ORDER BY seq LIMIT ?",
-        (limit,),
+        f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?", (limit,)
     )
 
 
@@ -226,8 +232,44 @@ def mark_published(seqs: Sequence[int], published_at: str) -> Execute:
     )
 
 
-def prune_published(before: str) -> Execute:
+def prune_marked(before: str) -> Execute:
     return Execute("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", (before,))
+
+
+def published_through() -> Fetch:
+    """SQLite: the seq up to which every event is published."""
+    return Fetch("SELECT published_seq FROM relay_progress WHERE id = 1", ())
+
+
+def events_after(seq: int, limit: int) -> Fetch:
+    """SQLite: events committed after seq, in commit order (same columns as unmarked_events)."""
+    return Fetch(f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+
+
+def advance_published_through(seq: int) -> Execute:
+    return Execute("UPDATE relay_progress SET published_seq = MAX(published_seq, ?) WHERE id = 1", (seq,))
+
+
+def prune_published_through(before: str, limit: int) -> Execute:
+    """SQLite: delete up to `limit` of the oldest published events created before `before`.
+
+    Walks the oldest rows by seq only (seq order is creation order, give or take a
+    request's milliseconds), so a prune with nothing to do costs almost nothing.
+    """
+    return Execute(
+        "DELETE FROM outbox WHERE seq <= ("
+        " SELECT MIN(MAX(oldest.seq), (SELECT published_seq FROM relay_progress WHERE id = 1))"
+        " FROM (SELECT seq, created_at FROM outbox ORDER BY seq LIMIT ?) AS oldest"
+        " WHERE oldest.created_at < ?)",
+        (limit, before),
+    )
+
+
+def count_unpublished(dialect: str) -> Fetch:
+    """How many committed events the relay has yet to publish (for operators and tests)."""
+    if dialect == "sqlite":
+        return Fetch("SELECT COUNT(*) FROM outbox WHERE seq > (SELECT published_seq FROM relay_progress)", ())
+    return Fetch("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL", ())
 
 
 def prune_idempotency_keys(before: str) -> Execute:

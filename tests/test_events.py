@@ -25,6 +25,7 @@ from databases import Database
 from service import admin
 from service.app import create_app
 from service.outbox import EventPublisher
+from service.repository import count_unpublished
 from service.settings import Settings
 from tests.conftest import (
     CANARY,
@@ -62,7 +63,7 @@ class App:
         database = Database(self.settings.database_url)
         await database.connect()
         try:
-            return int(await database.fetch_val("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"))
+            return int(await database.fetch_val(count_unpublished(database.url.dialect).sql))
         finally:
             await database.disconnect()
 

@@ -27,6 +27,7 @@ import pytest
 import pytest_asyncio
 
 from service import admin
+from service.repository import count_unpublished
 from service.settings import Settings
 from tests.conftest import (
     CANARY,
@@ -139,7 +140,7 @@ class Service:
 
     def pending_events(self) -> int:
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetchone()[0])
+            return int(db.execute(count_unpublished("sqlite").sql).fetchone()[0])
 
 
 @dataclass
@@ -505,7 +506,8 @@ async def test_consumer_drops_duplicates_after_a_forced_resend(
 
     # Force the relay to publish everything again, as after a crash between publish and mark.
     with contextlib.closing(sqlite3.connect(service.db_path, timeout=30)) as db, db:
-        reset = db.execute("UPDATE outbox SET published_at = NULL").rowcount
+        db.execute("UPDATE relay_progress SET published_seq = 0")
+        reset = db.execute(count_unpublished("sqlite").sql).fetchone()[0]
     assert reset == n
     await service.start_healthy()
     records = await wait_for_records(
