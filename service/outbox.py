@@ -355,7 +355,8 @@ class CursorProgress:
     async def pending(self, store: Any, limit: int) -> list[OutboxEvent]:
         if self._cursor is None:
             self._cursor = int((await store.fetch(repository.published_through()))[0][0])
-        return _events(await store.fetch(repository.events_after(self._cursor, limit)))
+        rows = await store.fetch(repository.events_after(self._cursor, limit))
+        return _events(orjson.loads(rows[0][0]))
 
     def published(self, events: list[OutboxEvent]) -> AdvancePublished:
         self._cursor = events[-1].seq

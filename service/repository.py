@@ -114,13 +114,12 @@ def add_to_secret_counts(deltas: Mapping[str, int]) -> ExecuteMany:
 # Secrets
 
 
-def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]], returning: bool) -> Fetch:
-    """Insert many secrets in one statement.
+def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]], returning: bool) -> Fetch | Execute:
+    """Insert many secrets in one statement; a name already taken in its project is skipped.
 
-    With returning (PostgreSQL, where other replicas write too), names taken meanwhile
-    are skipped and the ids that went in come back. Without (SQLite, where the batch
-    holds the only write lock and checked names first), a taken name is an error:
-    returned rows would each cost the connection's thread a hand-off of the GIL.
+    With returning (PostgreSQL), the ids that went in come back. Without (SQLite), the
+    result is how many went in: returned rows would each cost the connection's thread a
+    hand-off of the GIL, and all of them going in is by far the common case.
     """
     params: list[Any] = []
     for record, sealed in rows:
@@ -133,28 +132,16 @@ def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]], returning: bool) 
             record.created_at,
             record.updated_at,
         )
-    return Fetch(
+    sql = (
         "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at)"
         f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
-        + (" ON CONFLICT (project_id, name) DO NOTHING RETURNING id" if returning else ""),
-        params,
+        " ON CONFLICT (project_id, name) DO NOTHING"
     )
+    return Fetch(sql + " RETURNING id", params) if returning else Execute(sql, params)
 
 
-def taken_names(pairs: Sequence[tuple[str, str]]) -> Fetch:
-    """Which of these (project_id, name) pairs already exist: rows of (project_id, name)."""
-    by_project: dict[str, list[str]] = {}
-    for project_id, name in pairs:
-        by_project.setdefault(project_id, []).append(name)
-    # One indexed lookup per project (a row-value IN list would scan the table).
-    selects = [
-        f"SELECT project_id, name FROM secrets WHERE project_id = ? AND name IN ({', '.join('?' * len(names))})"
-        for names in by_project.values()
-    ]
-    return Fetch(
-        " UNION ALL ".join(selects),
-        [value for project_id, names in by_project.items() for value in (project_id, *names)],
-    )
+def existing_secret_ids(ids: Sequence[str]) -> Fetch:
+    return Fetch(f"SELECT id FROM secrets WHERE id IN ({', '.join('?' * len(ids))})", list(ids))
 
 
 async def list_secrets(conn: Connection, project_id: str) -> list[SecretRecord]:
@@ -242,8 +229,13 @@ def published_through() -> Fetch:
 
 
 def events_after(seq: int, limit: int) -> Fetch:
-    """SQLite: events committed after seq, in commit order (same columns as unmarked_events)."""
-    return Fetch(f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    """SQLite: events committed after seq, in commit order, as one row holding a JSON array of
+    [seq, event_id, event_type, subject, payload, created_at] (one row: one GIL hand-off, not one per event)."""
+    return Fetch(
+        "SELECT json_group_array(json_array(seq, event_id, event_type, subject, payload, created_at))"
+        f" FROM (SELECT {_EVENT_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?)",
+        (seq, limit),
+    )
 
 
 def advance_published_through(seq: int) -> Execute:

@@ -86,18 +86,13 @@ class CreateSecret:
                 unclaim.append(pair)
         inserted: set[str] = set()
         if candidates and dialect == "sqlite":
-            taken = yield repository.taken_names(
-                [(jobs[i].record.project_id, jobs[i].record.name) for i in candidates]
-            )
-            taken_pairs = {tuple(row) for row in taken}
-            going_in = [
-                i for i in candidates if (jobs[i].record.project_id, jobs[i].record.name) not in taken_pairs
-            ]
-            if going_in:
-                yield repository.insert_secrets(
-                    [(jobs[i].record, jobs[i].sealed) for i in going_in], returning=False
-                )
-            inserted = {jobs[i].record.id for i in going_in}
+            going_in = [(jobs[i].record, jobs[i].sealed) for i in candidates]
+            count = yield repository.insert_secrets(going_in, returning=False)
+            if count == len(going_in):
+                inserted = {record.id for record, _ in going_in}
+            else:
+                rows = yield repository.existing_secret_ids([record.id for record, _ in going_in])
+                inserted = {row[0] for row in rows}
         elif candidates:
             rows = yield repository.insert_secrets(
                 [(jobs[i].record, jobs[i].sealed) for i in candidates], returning=True
