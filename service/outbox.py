@@ -400,7 +400,7 @@ class MarkedProgress:
             self._unmarked[seq] = self._reads + 1
 
     def prune(self, before: str) -> Execute:
-        return repository.prune_marked(before)
+        return repository.prune_marked(before, _PRUNE_CHUNK)
 
 
 def _events(rows: Sequence[Sequence[Any]]) -> list[OutboxEvent]:

@@ -219,8 +219,13 @@ def mark_published(seqs: Sequence[int], published_at: str) -> Execute:
     )
 
 
-def prune_marked(before: str) -> Execute:
-    return Execute("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", (before,))
+def prune_marked(before: str, limit: int) -> Execute:
+    """PostgreSQL: delete up to `limit` of the events published before `before`."""
+    return Execute(
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+        " WHERE published_at IS NOT NULL AND published_at < ? ORDER BY published_at LIMIT ?)",
+        (before, limit),
+    )
 
 
 def published_through() -> Fetch:
