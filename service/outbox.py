@@ -28,7 +28,7 @@ from databases.core import Connection
 from service import ids, repository
 from service.repository import OutboxEvent, SecretRecord
 from service.settings import Settings
-from service.statements import Execute, Plan
+from service.statements import Execute, Plan, Statement
 
 logger = logging.getLogger("service.outbox")
 
@@ -311,15 +311,14 @@ class OutboxRelay:
             return 0
         await self._publisher.publish(events)
         # Recorded in the background: the next round need not wait for this commit (see the progress classes).
-        job = self._progress.published(events)
-        mark = asyncio.ensure_future(self._store.write(job))
+        mark = asyncio.ensure_future(self._store.write(Bookkeeping(self._progress.published(events))))
         self._marks.add(mark)
-        mark.add_done_callback(lambda done: self._recorded(done, job))
+        mark.add_done_callback(lambda done: self._recorded(done, events))
         return len(events)
 
-    def _recorded(self, mark: asyncio.Future[Any], job: Any) -> None:
+    def _recorded(self, mark: asyncio.Future[Any], events: list[OutboxEvent]) -> None:
         self._marks.discard(mark)
-        self._progress.recorded(job)
+        self._progress.recorded(events)
         # A failed record leaves the events to go out again after a restart: at least once.
         if not mark.cancelled() and mark.exception() is not None:
             logger.warning("recording published events failed (%s)", type(mark.exception()).__name__)
@@ -333,11 +332,13 @@ class OutboxRelay:
         before = iso_utc(now_utc - timedelta(seconds=self._settings.outbox_retention_seconds))
         pruned = 0
         # In bounded chunks, each its own commit, so creates are never queued behind a long delete.
-        while (chunk := await self._store.write(PruneOutbox(before, self._progress))) > 0:
+        while (chunk := await self._store.write(Bookkeeping(self._progress.prune(before)))) > 0:
             pruned += chunk
             if chunk < _PRUNE_CHUNK or self._stopping:
                 break
-        await self._store.write(PruneIdempotencyKeys(iso_utc(now_utc - IDEMPOTENCY_RETENTION)))
+        await self._store.write(
+            Bookkeeping(repository.prune_idempotency_keys(iso_utc(now_utc - IDEMPOTENCY_RETENTION)))
+        )
         if pruned:
             logger.info("pruned %d published outbox rows", pruned)
 
@@ -358,11 +359,11 @@ class CursorProgress:
         rows = await store.fetch(repository.events_after(self._cursor, limit))
         return _events(orjson.loads(rows[0][0]))
 
-    def published(self, events: list[OutboxEvent]) -> AdvancePublished:
+    def published(self, events: list[OutboxEvent]) -> Execute:
         self._cursor = events[-1].seq
-        return AdvancePublished(self._cursor)
+        return repository.advance_published_through(self._cursor)
 
-    def recorded(self, job: AdvancePublished) -> None:
+    def recorded(self, events: list[OutboxEvent]) -> None:
         pass
 
     def prune(self, before: str) -> Execute:
@@ -389,15 +390,15 @@ class MarkedProgress:
             del self._unmarked[seq]
         return [event for event in _events(rows) if event.seq not in self._unmarked][:limit]
 
-    def published(self, events: list[OutboxEvent]) -> MarkPublished:
+    def published(self, events: list[OutboxEvent]) -> Execute:
         seqs = [event.seq for event in events]
         self._unmarked.update(dict.fromkeys(seqs, _NOT_YET))
-        return MarkPublished(seqs, utc_now())
+        return repository.mark_published(seqs, utc_now())
 
-    def recorded(self, job: MarkPublished) -> None:
+    def recorded(self, events: list[OutboxEvent]) -> None:
         # Marked (or failed, leaving the rows to go out again: at least once): forgettable by the next read.
-        for seq in job.seqs:
-            self._unmarked[seq] = self._reads + 1
+        for event in events:
+            self._unmarked[event.seq] = self._reads + 1
 
     def prune(self, before: str) -> Execute:
         return repository.prune_marked(before, _PRUNE_CHUNK)
@@ -410,57 +411,20 @@ def _events(rows: Sequence[Sequence[Any]]) -> list[OutboxEvent]:
     ]
 
 
-class AdvancePublished:
+class Bookkeeping:
+    """One of the relay's own statements (record what is published, prune), committed with the next batch.
+
+    Its outcome is the statement's result (rows changed, for an Execute).
+    """
+
     writes_events = False
 
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
+    def __init__(self, statement: Statement) -> None:
+        self.statement = statement
 
     @classmethod
-    def plan_batch(cls, jobs: Sequence[AdvancePublished], dialect: str) -> Plan[list[Any]]:
-        yield repository.advance_published_through(max(job.seq for job in jobs))
-        return [None] * len(jobs)
-
-
-class MarkPublished:
-    writes_events = False
-
-    def __init__(self, seqs: list[int], at: str) -> None:
-        self.seqs, self.at = seqs, at
-
-    @classmethod
-    def plan_batch(cls, jobs: Sequence[MarkPublished], dialect: str) -> Plan[list[Any]]:
+    def plan_batch(cls, jobs: Sequence[Bookkeeping], dialect: str) -> Plan[list[Any]]:
+        results = []
         for job in jobs:
-            yield repository.mark_published(job.seqs, job.at)
-        return [None] * len(jobs)
-
-
-class PruneOutbox:
-    """Drops a chunk of published events past their retention; returns how many."""
-
-    writes_events = False
-
-    def __init__(self, before: str, progress: CursorProgress | MarkedProgress) -> None:
-        self.statement = progress.prune(before)
-
-    @classmethod
-    def plan_batch(cls, jobs: Sequence[PruneOutbox], dialect: str) -> Plan[list[Any]]:
-        pruned = []
-        for job in jobs:
-            pruned.append((yield job.statement))
-        return pruned
-
-
-class PruneIdempotencyKeys:
-    """Drops idempotency records past their retention."""
-
-    writes_events = False
-
-    def __init__(self, before: str) -> None:
-        self.before = before
-
-    @classmethod
-    def plan_batch(cls, jobs: Sequence[PruneIdempotencyKeys], dialect: str) -> Plan[list[Any]]:
-        for job in jobs:
-            yield repository.prune_idempotency_keys(job.before)
-        return [None] * len(jobs)
+            results.append((yield job.statement))
+        return results

@@ -212,7 +212,7 @@ def unmarked_events(limit: int) -> Fetch:
 
 
 def mark_published(seqs: Sequence[int], published_at: str) -> Execute:
-    # One statement, not one per row: each statement costs the SQLite thread a GIL hand-off.
+    # One statement for the whole round, not one per row.
     return Execute(
         f"UPDATE outbox SET published_at = ? WHERE seq IN ({', '.join('?' * len(seqs))})",
         (published_at, *seqs),
