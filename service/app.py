@@ -1,8 +1,7 @@
-"""The application factory and the lifespan that owns every resource."""
+"""The application factory, and the lifespan that owns every resource."""
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,65 +11,92 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from service import errors
-from service.auth import Authenticator
+from service.accounts.auth import Authenticator
+from service.clock import Clock, SystemClock
 from service.crypto import Keyring
-from service.middleware import EdgeMiddleware
-from service.migrations import migrate
-from service.outbox import EventPublisher, OutboxRelay, RelayLease
-from service.routes import routes
+from service.db.dialect import open_database
+from service.db.lease import lease
+from service.db.migrations import migrate
+from service.db.store import Store
+from service.errors import ServiceError
+from service.events.publisher import KafkaPublisher, Publisher
+from service.events.relay import RELAY_LOCK, OutboxRelay
+from service.http import responses
+from service.http.middleware import EdgeMiddleware
+from service.http.routes import routes
+from service.secrets.retention import IdempotencyRetention
+from service.secrets.vault import Vault
 from service.settings import Settings
-from service.store import Store, open_database
-from service.vault import Vault
 
 logger = logging.getLogger("service")
 
 
 class State(TypedDict):
+    """What routes find on `request.state`."""
+
     store: Store
     auth: Authenticator
     vault: Vault
-    relay: OutboxRelay
 
 
-def create_app(settings: Settings) -> Starlette:
-    keyring = Keyring.from_setting(settings.master_keys)
-    hash_key = base64.b64decode(settings.api_key_hash_key.reveal())
+def kafka_publisher(settings: Settings) -> KafkaPublisher:
+    return KafkaPublisher(
+        settings.kafka,
+        settings.kafka_topic,
+        source=settings.event_source,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+    )
+
+
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, publisher: Publisher | None = None
+) -> Starlette:
+    """The service. `clock` and `publisher` replace the system clock and Kafka (tests use them)."""
+    clock = clock or SystemClock()
+    keyring = Keyring.parse(settings.master_keys.reveal())
+    hash_key = settings.api_key_hash_key.reveal()
+    url = settings.database
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        database = open_database(settings.database_url)
-        await database.connect()
+        database = open_database(url, settings.sqlite_synchronous)
+        await database.open()
         try:
             applied = await migrate(database)
-            logger.info("database %s ready (%d migrations applied)", settings.database_url_for_logs, applied)
+            logger.info("database %s ready (%d migrations applied)", url.for_logs, applied)
             relay: OutboxRelay | None = None
-            store = Store(database, settings.sqlite_synchronous, lambda: relay.wake() if relay else None)
-            relay = OutboxRelay(settings, store, EventPublisher(settings), RelayLease(database))
+            store = Store(database, lambda: relay.wake() if relay else None)
+            relay = OutboxRelay(
+                store,
+                publisher or kafka_publisher(settings),
+                lease(database, RELAY_LOCK, "relay"),
+                clock,
+                poll_seconds=settings.outbox_poll_seconds,
+                retention_seconds=settings.outbox_retention_seconds,
+                shutdown_seconds=settings.relay_shutdown_seconds,
+            )
+            retention = IdempotencyRetention(store, clock)
             await store.start()
             relay.start()
+            retention.start()
             try:
                 yield {
                     "store": store,
-                    "auth": Authenticator(store, hash_key, settings.auth_cache_seconds),
-                    "vault": Vault(store, keyring, hash_key, settings.max_secrets_per_project),
-                    "relay": relay,
+                    "auth": Authenticator(store, hash_key, settings.auth_cache_seconds, clock),
+                    "vault": Vault(store, keyring, hash_key, settings.max_secrets_per_project, clock),
                 }
             finally:
                 # Requests have drained: the relay gets its bounded flush, then queued writes commit.
+                await retention.stop()
                 await relay.stop()
                 await store.stop()
         finally:
-            await database.disconnect()
+            await database.close()
 
     return Starlette(
         routes=routes,
-        middleware=[
-            Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes),
-        ],
-        exception_handlers={
-            errors.ServiceError: errors.service_error,
-            HTTPException: errors.http_error,
-        },
+        middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
+        exception_handlers={ServiceError: responses.service_error, HTTPException: responses.http_error},
         lifespan=lifespan,
     )

@@ -10,16 +10,19 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 
+from service.clock import SystemClock
 from service.settings import ConfigurationError, Settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secrets-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -54,14 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--output", type=Path, default=Path("data/audit.jsonl"))
     audit.add_argument("--group", default="secrets-audit")
     audit.add_argument("--idle-exit-seconds", type=float, default=None)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # databases logs every query's arguments at DEBUG: ciphertexts and API-key hashes.
-    logging.getLogger("databases").setLevel(max(logging.INFO, logging.getLogger().level))
     if args.command == "keys" and args.action == "generate":
         return _generate_key(args)
     try:
@@ -69,49 +70,73 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=settings.logging_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         return _serve(settings, args)
-    if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
-    if args.command == "projects":
-        return asyncio.run(_create_project(settings, args.name))
-    if args.command == "keys" and args.action == "issue":
-        return asyncio.run(_issue_key(settings, args.project_id))
-    if args.command == "keys" and args.action == "rewrap":
-        from service import admin
-
-        print(json.dumps({"rewrapped": asyncio.run(admin.rewrap_all(settings))}))
-        return 0
-    if args.command == "keys" and args.action == "revoke":
-        return asyncio.run(_revoke_key(settings, args.api_key_id))
     if args.command == "audit-consume":
-        from service.audit import consume
+        from service.events.audit import consume
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
-                consume(
-                    settings.kafka_bootstrap_servers,
-                    settings.kafka_topic,
-                    args.output,
-                    args.group,
-                    args.idle_exit_seconds,
-                )
+                consume(settings.kafka, settings.kafka_topic, args.output, args.group, args.idle_exit_seconds)
             )
         return 0
-    parser.error("unknown command")
-    return 2
+    return asyncio.run(_admin(settings, args))
 
 
 def _generate_key(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from service.crypto import generate_master_key_entry
 
     if args.hash_key:
         print(base64.b64encode(os.urandom(32)).decode())
     else:
-        from datetime import UTC, datetime
-
         print(generate_master_key_entry(args.key_id or datetime.now(UTC).strftime("k%Y%m%d%H%M%S")))
     return 0
+
+
+async def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    """The commands that act on the database: each opens it, migrates it, and closes it."""
+    from service.accounts import admin
+    from service.crypto import Keyring
+    from service.db.dialect import open_store
+    from service.secrets.rotation import rewrap_all
+
+    if args.command == "migrate":
+        print(json.dumps({"applied": await _migrate(settings)}))
+        return 0
+    clock = SystemClock()
+    hash_key = settings.api_key_hash_key.reveal()
+    async with open_store(settings.database, settings.sqlite_synchronous) as store:
+        if args.command == "projects":
+            print(json.dumps((await admin.create_project(store, hash_key, clock, args.name)).to_json()))
+            return 0
+        if args.action == "issue":
+            print(json.dumps((await admin.issue_api_key(store, hash_key, clock, args.project_id)).to_json()))
+            return 0
+        if args.action == "rewrap":
+            print(
+                json.dumps(
+                    {"rewrapped": await rewrap_all(store, Keyring.parse(settings.master_keys.reveal()))}
+                )
+            )
+            return 0
+        revoked = await admin.revoke_api_key(store, clock, args.api_key_id)
+        print(json.dumps({"apiKeyId": args.api_key_id, "revoked": revoked}))
+        return 0 if revoked else 1
+
+
+async def _migrate(settings: Settings) -> int:
+    from service.db.dialect import open_database
+    from service.db.migrations import migrate
+
+    database = open_database(settings.database, settings.sqlite_synchronous)
+    await database.open()
+    try:
+        return await migrate(database)
+    finally:
+        await database.close()
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -144,47 +169,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
+        """SIGINT and SIGTERM start a graceful shutdown, after which the process exits 0.
+
+        uvicorn's own version re-raises the signal once it has drained, so a drained
+        SIGTERM would end the process as killed by it.
+        """
+        if threading.current_thread() is not threading.main_thread():
             yield
-            # uvicorn re-raises the signal it drained on; a drained SIGTERM is a clean exit.
-            self._captured_signals.clear()
-
-
-async def _migrate(settings: Settings) -> int:
-    from service.migrations import migrate
-    from service.store import open_database
-
-    database = open_database(settings.database_url)
-    await database.connect()
-    try:
-        applied = await migrate(database)
-    finally:
-        await database.disconnect()
-    print(json.dumps({"applied": applied}))
-    return 0
-
-
-async def _create_project(settings: Settings, name: str) -> int:
-    from service import admin
-
-    result = await admin.create_project(settings, name)
-    print(json.dumps(result))
-    return 0
-
-
-async def _issue_key(settings: Settings, project_id: str) -> int:
-    from service import admin
-
-    print(json.dumps(await admin.issue_api_key(settings, project_id)))
-    return 0
-
-
-async def _revoke_key(settings: Settings, api_key_id: str) -> int:
-    from service import admin
-
-    revoked = await admin.revoke_api_key(settings, api_key_id)
-    print(json.dumps({"apiKeyId": api_key_id, "revoked": revoked}))
-    return 0 if revoked else 1
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.ids import random_bytes
-from service.settings import ConfigurationError, Secret
 
 FORMAT_VERSION = 1
 _VERSION = bytes((FORMAT_VERSION,))
@@ -52,26 +51,29 @@ class Keyring:
         return f"Keyring(key_ids={list(self._keys)!r})"
 
     @classmethod
-    def from_setting(cls, setting: Secret) -> Keyring:
+    def parse(cls, entries: str) -> Keyring:
+        """Keys from `key_id:base64key` entries, comma separated; ValueError names the entry, never the key."""
         keys: dict[str, AESGCM] = {}
         primary_id = ""
-        for entry in setting.reveal().split(","):
+        for entry in entries.split(","):
             key_id, sep, encoded = entry.strip().partition(":")
             if not sep or not _KEY_ID.fullmatch(key_id):
-                raise ConfigurationError("SECRETS_MASTER_KEYS entries must look like key_id:base64key")
+                raise ValueError("entries must look like key_id:base64key")
             try:
                 raw = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
-                raise ConfigurationError(
-                    f"SECRETS_MASTER_KEYS entry {key_id!r} is not valid base64"
-                ) from None
+                raise ValueError(f"entry {key_id!r} is not valid base64") from None
             if len(raw) != 32:
-                raise ConfigurationError(f"SECRETS_MASTER_KEYS entry {key_id!r} must decode to 32 bytes")
+                raise ValueError(f"entry {key_id!r} must decode to 32 bytes")
             if key_id in keys:
-                raise ConfigurationError(f"SECRETS_MASTER_KEYS names {key_id!r} twice")
+                raise ValueError(f"names {key_id!r} twice")
             keys[key_id] = AESGCM(raw)
             primary_id = primary_id or key_id
         return cls(keys, primary_id)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return list(self._keys)
 
     def _key(self, key_id: str) -> AESGCM:
         try:

@@ -1,19 +1,10 @@
-"""The service's error types and the one JSON shape they answer with."""
+"""The errors a client can act on: one base class, a status code and a message each.
+
+The HTTP room turns them into the one JSON shape `{error, message}`; nothing else
+here knows about HTTP. A message goes to the client, so it never holds a value.
+"""
 
 from __future__ import annotations
-
-import logging
-from http import HTTPStatus
-
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-
-from service.responses import JSONResponse
-
-logger = logging.getLogger("service.errors")
-
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class ServiceError(Exception):
@@ -63,27 +54,3 @@ class Unprocessable(ServiceError):
 class ServiceUnavailable(ServiceError):
     status_code = 503
     error = "Service Unavailable"
-
-
-def error_response(status_code: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code, headers=NO_STORE)
-
-
-async def service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
-    return error_response(exc.status_code, exc.error, exc.message)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    response = error_response(exc.status_code, _reason(exc.status_code), exc.detail)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
-
-
-def _reason(status_code: int) -> str:
-    try:
-        return HTTPStatus(status_code).phrase
-    except ValueError:
-        return "Error"

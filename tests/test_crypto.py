@@ -18,24 +18,24 @@ def test_rotation_rewraps_the_data_key_without_touching_the_value() -> None:
     old = generate_master_key_entry("old")
     new = generate_master_key_entry("new")
     aad = associated_data("p", "s", "NAME")
-    sealed = seal(Keyring.from_setting(Secret(old)), "value", aad)
-    rotated_ring = Keyring.from_setting(Secret(f"{new},{old}"))
+    sealed = seal(Keyring.parse(old), "value", aad)
+    rotated_ring = Keyring.parse(f"{new},{old}")
     assert unseal(rotated_ring, sealed, aad) == "value", "old keys still open"
     rewrapped = rewrap(rotated_ring, sealed, aad)
     assert sealed_key_id(rewrapped) == "new"
     assert rewrapped[-(12 + 5 + 16) :] == sealed[-(12 + 5 + 16) :], "value ciphertext unchanged"
-    assert unseal(Keyring.from_setting(Secret(new)), rewrapped, aad) == "value"
+    assert unseal(Keyring.parse(new), rewrapped, aad) == "value"
 
 
 def test_each_seal_uses_a_fresh_key_and_nonce() -> None:
-    keyring = Keyring.from_setting(Secret(generate_master_key_entry("k")))
+    keyring = Keyring.parse(generate_master_key_entry("k"))
     aad = associated_data("p", "s", "N")
     assert seal(keyring, "same", aad) != seal(keyring, "same", aad)
 
 
 def test_keyring_repr_shows_no_key_material() -> None:
     entry = generate_master_key_entry("k")
-    keyring = Keyring.from_setting(Secret(entry))
+    keyring = Keyring.parse(entry)
     assert entry.split(":")[1] not in repr(keyring)
     assert entry.split(":")[1] not in repr(Secret(entry))
 

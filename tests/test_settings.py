@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from service.crypto import Keyring, generate_master_key_entry
+from service.crypto import Keyring, associated_data, generate_master_key_entry, seal, unseal
 from service.settings import ConfigurationError, Settings
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 HASH_KEY = base64.b64encode(os.urandom(32)).decode()
 
@@ -52,17 +52,18 @@ def test_database_url_password_is_obscured_for_logs() -> None:
             "DATABASE_URL": "postgresql+asyncpg://svc:hunter2@db:5432/secrets",
         }
     )
-    assert "hunter2" not in settings.database_url_for_logs
+    assert "hunter2" not in settings.database.for_logs
+    assert settings.database.for_logs == "postgresql+asyncpg://svc:********@db:5432/secrets"
 
 
 def test_first_master_key_seals_all_open() -> None:
-    keyring = Keyring.from_setting(
+    keyring = Keyring.parse(
         Settings.from_env(
             {
                 "SECRETS_MASTER_KEYS": f"{generate_master_key_entry('new')},{generate_master_key_entry('old')}",
                 "API_KEY_HASH_KEY": HASH_KEY,
             }
-        ).master_keys
+        ).master_keys.reveal()
     )
     assert keyring.primary_id == "new"
 
@@ -73,9 +74,25 @@ def test_keys_generate_output_is_accepted_by_the_service() -> None:
     hash_key = subprocess.run(
         [*cli, "keys", "generate", "--hash-key"], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    Settings.from_env(
-        {"SECRETS_MASTER_KEYS": entry.stdout.strip(), "API_KEY_HASH_KEY": hash_key.stdout.strip()}
+    entry_id = subprocess.run(
+        [*cli, "keys", "generate", "--key-id", "rotated-2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
+    settings = Settings.from_env(
+        {
+            "SECRETS_MASTER_KEYS": f"{entry_id.stdout.strip()},{entry.stdout.strip()}",
+            "API_KEY_HASH_KEY": hash_key.stdout.strip(),
+        }
+    )
+    keyring = Keyring.parse(settings.master_keys.reveal())
+    assert keyring.primary_id == "rotated-2"
+    assert len(keyring.key_ids) == 2
+    assert len(settings.api_key_hash_key.reveal()) == 32
+    aad = associated_data("p", "s", "N")
+    assert unseal(keyring, seal(keyring, "v", aad), aad) == "v"
 
 
 def test_serve_with_bad_configuration_exits_naming_the_setting() -> None:

@@ -1,0 +1,1 @@
+"""Projects and their API keys: who is calling, and which project they may act on."""

@@ -1,0 +1,37 @@
+"""Statements on projects and API keys."""
+
+from __future__ import annotations
+
+from service.db.plan import Execute, Fetch
+
+
+def insert_project(project_id: str, name: str, created_at: str) -> Execute:
+    return Execute(
+        "INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)", (project_id, name, created_at)
+    )
+
+
+def project_exists(project_id: str) -> Fetch:
+    return Fetch("SELECT id FROM projects WHERE id = ?", (project_id,))
+
+
+def insert_api_key(key_id: str, project_id: str, key_hash: str, created_at: str) -> Execute:
+    return Execute(
+        "INSERT INTO api_keys (id, project_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
+        (key_id, project_id, key_hash, created_at),
+    )
+
+
+def revoke_api_key(key_id: str, revoked_at: str) -> Fetch:
+    """Revoke an unrevoked key; fetches its id if it was one."""
+    return Fetch(
+        "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
+        (revoked_at, key_id),
+    )
+
+
+def find_active_api_key(key_hash: str) -> Fetch:
+    """(id, project_id, key_hash) of the unrevoked key with this hash, if any."""
+    return Fetch(
+        "SELECT id, project_id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+    )

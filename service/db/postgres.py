@@ -1,0 +1,164 @@
+"""PostgreSQL through asyncpg's public API: a pool for reads, dedicated connections for the rest."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from typing import Any, TypeVar
+
+import asyncpg
+
+from service.db.plan import Execute, Fetch, Plan
+from service.db.url import Dialect
+from service.errors import ServiceError, ServiceUnavailable
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+STATEMENT_TIMEOUT_SECONDS = 30.0
+POOL_SIZE = 10
+
+
+@functools.lru_cache(maxsize=1024)
+def numbered(sql: str) -> str:
+    """`?` placeholders as asyncpg's `$1, $2, ...`."""
+    counter = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+async def run_plan(conn: asyncpg.Connection, plan: Plan[T]) -> T:
+    """Run a plan on an asyncpg connection, awaiting each statement."""
+    result: Any = None
+    try:
+        while True:
+            statement = plan.send(result)
+            if isinstance(statement, Fetch):
+                sql = statement.sql + " FOR UPDATE" if statement.for_update else statement.sql
+                result = await conn.fetch(numbered(sql), *statement.params)
+            elif isinstance(statement, Execute):
+                status = await conn.execute(numbered(statement.sql), *statement.params)
+                result = int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+            else:
+                if statement.rows:
+                    await conn.executemany(numbered(statement.sql), statement.rows)
+                result = None
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A lost or refused connection: the statement may be retried on a new one."""
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def fault(exc: BaseException) -> ServiceError | None:
+    """The client's error for a driver exception, when it is one (a retryable condition), else None."""
+    if is_connection_error(exc):
+        return ServiceUnavailable("The database is unavailable; retry shortly")
+    # Serialization failure, deadlock, lock not available: the client's to retry.
+    if getattr(exc, "sqlstate", None) in ("40001", "40P01", "55P03"):
+        return ServiceUnavailable("The database is busy; retry shortly")
+    return None
+
+
+class PostgresConnection:
+    """A dedicated asyncpg connection (the committer's, the relay lease's, a migration's)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def run(self, plan: Plan[T], *, write: bool = False, scrub: bool = False) -> T:
+        """Run a plan; with `write`, inside a transaction that commits at its end.
+
+        `scrub` asks nothing more here: replaced rows stay in dead tuples until VACUUM.
+        """
+        if not write:
+            return await run_plan(self._conn, plan)
+        async with self._conn.transaction():
+            return await run_plan(self._conn, plan)
+
+    async def alive(self) -> bool:
+        if self._conn.is_closed():
+            return False
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=5)
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        try:
+            await self._conn.close(timeout=5)
+        except Exception:
+            self._conn.terminate()
+
+
+class PostgresDatabase:
+    """Reads on a pool, writes on the committer's connection; replicas share the server."""
+
+    dialect: Dialect = "postgresql"
+    single_writer = False
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=POOL_SIZE,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            command_timeout=STATEMENT_TIMEOUT_SECONDS,
+        )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except Exception:
+                pool.terminate()
+
+    async def connect(self, name: str) -> PostgresConnection:
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            command_timeout=STATEMENT_TIMEOUT_SECONDS,
+            server_settings={"application_name": f"secrets-service {name}"},
+        )
+        return PostgresConnection(conn)
+
+    async def read(self, plan: Plan[T]) -> T:
+        if self._pool is None:
+            raise ServiceUnavailable("The database is not open")
+        try:
+            async with self._pool.acquire(timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                try:
+                    return await run_plan(conn, plan)
+                except Exception as exc:
+                    # A connection the server ended can fail in asyncpg's state machine, not as a
+                    # connection error: a closed connection says what happened.
+                    if not (is_connection_error(exc) or conn.is_closed()):
+                        raise
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+        # The pool's idle connections are likely dead too: replace them all.
+        await self._pool.expire_connections()
+        raise ServiceUnavailable("The database is unavailable; retry shortly") from None
+
+    def fault(self, exc: BaseException) -> ServiceError | None:
+        return fault(exc)

@@ -1,0 +1,221 @@
+"""The store: reads, and writes committed many at a time (group commit).
+
+Concurrent writes are queued and run by one task on one connection, many of them in
+one transaction: one fsync covers the whole batch, yet each caller still gets its
+own outcome, and is answered only after the commit. If a batch fails as a whole,
+each job is retried alone, so one bad job fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from service.db.plan import Fetch, Plan, WriteJob, batch_plan, single
+from service.db.url import Dialect
+from service.errors import ServiceError, ServiceUnavailable
+
+logger = logging.getLogger("service.db")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Connection(Protocol):
+    async def run(self, plan: Plan[T], *, write: bool = False, scrub: bool = False) -> T: ...
+
+    async def alive(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class Database(Protocol):
+    """What the store needs of a database; `open_database` picks the implementation."""
+
+    dialect: Dialect
+    # Commits happen one at a time, in order: an outbox's seq order is then commit order.
+    single_writer: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def connect(self, name: str) -> Connection: ...
+
+    async def read(self, plan: Plan[T]) -> T: ...
+
+    def fault(self, exc: BaseException) -> ServiceError | None: ...
+
+
+class _Queued:
+    __slots__ = ("future", "job")
+
+    def __init__(self, job: WriteJob[Any], future: asyncio.Future[Any]) -> None:
+        self.job = job
+        self.future = future
+
+
+class GroupCommitter:
+    """A task that owns the write connection and commits queued jobs in batches."""
+
+    def __init__(
+        self, database: Database, on_events_committed: Callable[[], None], max_batch: int = 256
+    ) -> None:
+        self._database = database
+        self._on_events_committed = on_events_committed
+        self._max_batch = max_batch
+        self._queue: deque[_Queued] = deque()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-committer")
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            ready.cancel()
+            self._task.result()
+
+    async def stop(self) -> None:
+        """Commit what is queued, then close the connection."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, job: WriteJob[R]) -> R:
+        if self._stopping:
+            raise ServiceUnavailable("The service is shutting down")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(job, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                conn = await self._database.connect("committer")
+            except Exception as exc:
+                if not self._ready.is_set():
+                    raise
+                logger.warning("the committer could not connect (%s); retrying", type(exc).__name__)
+            else:
+                self._ready.set()
+                backoff = 0.1
+                try:
+                    if await self._serve(conn):
+                        return
+                finally:
+                    await conn.close()
+            self._fail_queued(ServiceUnavailable("The database is unavailable; retry shortly"))
+            if self._stopping:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _serve(self, conn: Connection) -> bool:
+        """Commit batches until stopped (True) or the connection is lost (False)."""
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return True
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            if not await self._commit(conn, batch):
+                logger.warning("the committer lost its database connection; reconnecting")
+                return False
+
+    async def _commit(self, conn: Connection, batch: list[_Queued]) -> bool:
+        """Commit a batch and answer each job; False when the connection was lost."""
+        jobs = [queued.job for queued in batch]
+        try:
+            outcomes = await conn.run(
+                batch_plan(jobs), write=True, scrub=any(job.scrubs_old_values for job in jobs)
+            )
+        except Exception as exc:
+            if not await conn.alive():
+                _answer_all(batch, ServiceUnavailable("The database is unavailable; retry shortly"))
+                return False
+            if len(batch) > 1:
+                for queued in batch:
+                    if not await self._commit(conn, [queued]):
+                        return False
+                return True
+            _answer(batch[0].future, error=self._database.fault(exc) or exc)
+            return True
+        if any(job.writes_events for job in jobs):
+            self._on_events_committed()
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                _answer(queued.future, error=outcome)
+            else:
+                _answer(queued.future, result=outcome)
+        return True
+
+    def _fail_queued(self, exc: Exception) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        _answer_all(batch, exc)
+
+
+def _answer(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _answer_all(batch: list[_Queued], error: Exception) -> None:
+    for queued in batch:
+        _answer(queued.future, error=error)
+
+
+class Store:
+    """Reads and writes for the rooms above: the committer for writes, the database's reads for the rest."""
+
+    def __init__(self, database: Database, on_events_committed: Callable[[], None] = lambda: None) -> None:
+        self.database = database
+        self._committer = GroupCommitter(database, on_events_committed)
+
+    @property
+    def single_writer(self) -> bool:
+        return self.database.single_writer
+
+    async def start(self) -> None:
+        await self._committer.start()
+
+    async def stop(self) -> None:
+        await self._committer.stop()
+
+    async def write(self, job: WriteJob[R]) -> R:
+        return await self._committer.submit(job)
+
+    async def read(self, plan: Plan[T]) -> T:
+        try:
+            return await self.database.read(plan)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            error = self.database.fault(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    async def ping(self) -> None:
+        """Whether the database answers (raises ServiceUnavailable when it does not)."""
+        await self.fetch(Fetch("SELECT 1"))
+
+    async def fetch(self, statement: Fetch) -> Sequence[Sequence[Any]]:
+        """Rows of one read statement."""
+        rows: Sequence[Sequence[Any]] = await self.read(single(statement))
+        return rows

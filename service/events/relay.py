@@ -1,0 +1,247 @@
+"""The outbox relay: publishes committed events in commit order, then records them as published.
+
+Delivery is at least once (publish, then record), and consumers drop repeats by the
+CloudEvents id. With several replicas only the holder of the relay lease publishes,
+so events are not published many times and stay in order; when it dies, a standby
+takes the lease on its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from service.clock import Clock, iso_utc
+from service.db.lease import Lease
+from service.db.plan import Execute, Fetch, StatementJob
+from service.db.store import Store
+from service.events import sql
+from service.events.model import OutboxEvent
+from service.events.publisher import Publisher
+
+logger = logging.getLogger("service.events")
+
+RELAY_LOCK = 0x5EC7E76
+BATCH = 500
+PRUNE_CHUNK = 10_000
+_PRUNE_EVERY_SECONDS = 60.0
+# Under load a commit lands every few ms; gathering them for a moment makes fewer, fuller rounds.
+_GATHER_SECONDS = 0.02
+_NOT_YET = float("inf")
+
+
+class Progress(Protocol):
+    """How the relay knows which events are published."""
+
+    async def pending(self, store: Store, limit: int) -> list[OutboxEvent]: ...
+
+    def published(self, events: list[OutboxEvent], at: str) -> Execute:
+        """The statement that records these events as published at `at` (committed in the background)."""
+        ...
+
+    def recorded(self, events: list[OutboxEvent]) -> None:
+        """That statement has committed, or failed (the events then go out again: at least once)."""
+        ...
+
+    def prune(self, before: str, limit: int) -> Execute: ...
+
+    def count_pending(self) -> Fetch: ...
+
+
+class CursorProgress:
+    """A single writer: what is published is one seq, as commits happen in seq order.
+
+    The relay reads after its own in-memory cursor, so it never waits for the cursor
+    row's commit; the row is only where a restart resumes.
+    """
+
+    def __init__(self) -> None:
+        self._cursor: int | None = None
+
+    async def pending(self, store: Store, limit: int) -> list[OutboxEvent]:
+        if self._cursor is None:
+            self._cursor = int((await store.fetch(sql.published_through()))[0][0])
+        return _events(await store.fetch(sql.events_after(self._cursor, limit)))
+
+    def published(self, events: list[OutboxEvent], at: str) -> Execute:
+        self._cursor = events[-1].seq
+        return sql.advance_published_through(self._cursor)
+
+    def recorded(self, events: list[OutboxEvent]) -> None:
+        pass
+
+    def prune(self, before: str, limit: int) -> Execute:
+        return sql.prune_published_through(before, limit)
+
+    def count_pending(self) -> Fetch:
+        return sql.count_after_cursor()
+
+
+class MarkedProgress:
+    """Concurrent writers: rows commit out of seq order, so each published row is marked.
+
+    Rows published but not yet marked are skipped, so the next round need not wait for
+    the mark's commit. A row is forgotten only by a read that began after its mark
+    committed: an earlier read may still see it unmarked.
+    """
+
+    def __init__(self) -> None:
+        self._unmarked: dict[int, float] = {}  # seq -> first read that may forget it
+        self._reads = 0
+
+    async def pending(self, store: Store, limit: int) -> list[OutboxEvent]:
+        self._reads += 1
+        read = self._reads
+        rows = await store.fetch(sql.unmarked_events(limit + len(self._unmarked)))
+        for seq in [seq for seq, marked_before in self._unmarked.items() if marked_before <= read]:
+            del self._unmarked[seq]
+        return [event for event in _events(rows) if event.seq not in self._unmarked][:limit]
+
+    def published(self, events: list[OutboxEvent], at: str) -> Execute:
+        seqs = [event.seq for event in events]
+        self._unmarked.update(dict.fromkeys(seqs, _NOT_YET))
+        return sql.mark_published(seqs, at)
+
+    def recorded(self, events: list[OutboxEvent]) -> None:
+        # Marked (or failed, leaving the rows to go out again): forgettable by the next read.
+        for event in events:
+            self._unmarked[event.seq] = self._reads + 1
+
+    def prune(self, before: str, limit: int) -> Execute:
+        return sql.prune_marked(before, limit)
+
+    def count_pending(self) -> Fetch:
+        return sql.count_unmarked()
+
+
+def progress_for(store: Store) -> Progress:
+    return CursorProgress() if store.single_writer else MarkedProgress()
+
+
+def _events(rows: Sequence[Sequence[Any]]) -> list[OutboxEvent]:
+    return [
+        OutboxEvent(event_id=e, event_type=t, subject=s, payload=p, created_at=c, seq=seq)
+        for seq, e, t, s, p, c in rows
+    ]
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows; woken after each commit, and polling besides."""
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        lease: Lease,
+        clock: Clock,
+        *,
+        poll_seconds: float = 0.5,
+        retention_seconds: float = 7 * 24 * 3600.0,
+        shutdown_seconds: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._lease = lease
+        self._clock = clock
+        self._poll_seconds = poll_seconds
+        self._retention = timedelta(seconds=retention_seconds)
+        self._shutdown_seconds = shutdown_seconds
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
+        self.progress = progress_for(store)
+        self._records: set[asyncio.Future[Any]] = set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Give the relay a bounded time to flush what is pending; the rest stays in the outbox."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, self._shutdown_seconds)
+            except TimeoutError:
+                logger.warning(
+                    "relay did not flush within %.1fs; pending events stay in the outbox",
+                    self._shutdown_seconds,
+                )
+        if self._records:
+            await asyncio.wait(self._records, timeout=self._shutdown_seconds)
+        await self._publisher.close()
+        await self._lease.release()
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            self._wakeup.clear()
+            # A stop() during this round still gets one more round for what committed meanwhile.
+            final_round = self._stopping
+            try:
+                if await self._lease.held():
+                    while await self.publish_round() == BATCH:
+                        pass
+                    if self._clock.monotonic() >= self._next_prune:
+                        self._next_prune = self._clock.monotonic() + _PRUNE_EVERY_SECONDS
+                        await self.prune()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                if self._stopping:
+                    return
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if final_round:
+                return
+            await asyncio.sleep(_GATHER_SECONDS)
+            await self._sleep(self._poll_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def publish_round(self) -> int:
+        """Publish up to BATCH pending events; returns how many."""
+        events = await self.progress.pending(self._store, BATCH)
+        if not events:
+            return 0
+        await self._publisher.publish(events)
+        # Recorded in the background: the next round need not wait for this commit (see the progress classes).
+        record = asyncio.ensure_future(
+            self._store.write(StatementJob(self.progress.published(events, iso_utc(self._clock.now()))))
+        )
+        self._records.add(record)
+        record.add_done_callback(lambda done: self._recorded(done, events))
+        return len(events)
+
+    def _recorded(self, record: asyncio.Future[Any], events: list[OutboxEvent]) -> None:
+        self._records.discard(record)
+        self.progress.recorded(events)
+        # A failed record leaves the events to go out again after a restart: at least once.
+        if not record.cancelled() and record.exception() is not None:
+            logger.warning("recording published events failed (%s)", type(record.exception()).__name__)
+
+    async def prune(self, chunk: int = PRUNE_CHUNK) -> int:
+        """Delete published events past retention, in chunks each of its own commit; returns how many."""
+        before = iso_utc(self._clock.now() - self._retention)
+        pruned = 0
+        # Bounded chunks, so creates are never queued behind a long delete.
+        while (count := await self._store.write(StatementJob(self.progress.prune(before, chunk)))) > 0:
+            pruned += count
+            if count < chunk or self._stopping:
+                break
+        if pruned:
+            logger.info("pruned %d published outbox rows", pruned)
+        return int(pruned)

@@ -1,0 +1,88 @@
+"""The one plain-ASGI layer every request passes first.
+
+It gives the request an id, caps its body, and turns anything unhandled into the
+generic 500. One layer rather than three: each ASGI wrapper costs calls on every
+message of every request, and this path is the service's hottest.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import ids
+from service.errors import PayloadTooLarge
+from service.http.responses import error_response
+
+logger = logging.getLogger("service.errors")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class EdgeMiddleware:
+    """Request id (X-Request-ID, echoed), body limit (413) and last-resort 500 for HTTP requests.
+
+    The 500 path logs the exception's type and stack frames, not its text, which can
+    quote driver messages or data; it is not re-raised, as the server would log it whole.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        too_large = False
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.fullmatch(candidate):
+                    request_id = candidate
+            elif name == b"content-length":
+                too_large = value.isdigit() and int(value) > self.max_body_bytes
+        request_id = request_id or ids.request_id()
+        # Each request gets its own copy of the lifespan state (as uvicorn does, though not every server).
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
+        id_header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def edge_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        if too_large:
+            await error_response(413, PayloadTooLarge.error, self._too_large())(scope, receive, edge_send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge(self._too_large())
+            return message
+
+        try:
+            await self.app(scope, limited_receive, edge_send)
+        except Exception as exc:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error(
+                "unhandled %s on %s %r\n%s", type(exc).__name__, scope["method"], scope["path"], frames
+            )
+            if not started:
+                response = error_response(500, "Internal Server Error", "An unexpected error occurred")
+                await response(scope, receive, edge_send)
+
+    def _too_large(self) -> str:
+        return f"Request body must be at most {self.max_body_bytes} bytes"

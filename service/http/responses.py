@@ -1,0 +1,58 @@
+"""JSON responses (rendered by orjson: about ten times cheaper than json.dumps on the hot path),
+the wire shape of a secret, and the one error shape."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
+
+from service.errors import ServiceError
+from service.secrets.model import SecretRecord
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class JSONResponse(_StarletteJSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def secret_metadata(record: SecretRecord) -> dict[str, str]:
+    """A secret as the API shows it (LangWatch's shape): never its value."""
+    return {
+        "id": record.id,
+        "projectId": record.project_id,
+        "name": record.name,
+        "createdAt": record.created_at,
+        "updatedAt": record.updated_at,
+    }
+
+
+def error_response(status_code: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code, headers=NO_STORE)
+
+
+async def service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status_code, exc.error, exc.message)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    response = error_response(exc.status_code, _reason(exc.status_code), exc.detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _reason(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,1 @@
+"""What tests share: the app in process, direct database access, Kafka, leak checks, a clock, a publisher."""

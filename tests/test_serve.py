@@ -1,0 +1,587 @@
+"""Real `secrets-service serve` processes under crashes, broker outages and restarts: no event is lost.
+
+Each test runs the service as a subprocess on a free port with a SQLite file in its
+tmp_path, drives it over HTTP, and checks the Kafka topic itself. Every process a
+test starts (service or private broker) is stopped at teardown, also on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.events.relay import CursorProgress
+from service.settings import Settings
+from tests.support.app import make_env, make_project
+from tests.support.kafka import LocalBroker, record_headers, wait_for_records
+from tests.support.leaks import CANARY, leaked
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import poll_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+GRACEFUL_SECONDS = 10.0
+# A connection refused, reset or closed before any response: the request was not answered.
+UNANSWERED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def _executable() -> str:
+    script = Path(sys.executable).parent / "secrets-service"
+    return str(script if script.exists() else ROOT / ".venv" / "bin" / "secrets-service")
+
+
+class Service:
+    """One `secrets-service serve` at a time on a given database; restartable, logs kept in files."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.logs: list[Path] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *extra: str) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.port = free_port()
+        log_path = self.workdir / f"service-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    _executable(),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--graceful-shutdown-seconds",
+                    str(GRACEFUL_SECONDS),
+                    *extra,
+                ],
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start_healthy(self, timeout: float = 60) -> None:
+        self.start()
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise AssertionError(f"service exited with {self.process.returncode} during startup")
+                try:
+                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"service not healthy within {timeout:.0f}s")
+                await asyncio.sleep(0.1)
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.process is not None and self.process.poll() is None, "not running"
+        self.process.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service still running {timeout:.0f}s after it was told to stop")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    async def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait (the service drains, the relay flushes)."""
+        self.send(signal.SIGTERM)
+        return await self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        """Teardown: make sure nothing is left running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def log_text(self) -> bytes:
+        return b"".join(path.read_bytes() for path in self.logs if path.exists())
+
+    @property
+    def db_path(self) -> str:
+        return self.env["DATABASE_URL"].removeprefix("sqlite:///")
+
+    def pending_events(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
+            return int(db.execute(CursorProgress().count_pending().sql).fetchone()[0])
+
+
+@dataclass
+class Deployment:
+    """A service (not started), its settings, and a project whose API key the test uses."""
+
+    service: Service
+    settings: Settings
+    project: dict[str, str]
+    master_keys: str
+
+    @property
+    def topic(self) -> str:
+        return self.settings.kafka_topic
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Auth-Token": self.project["apiKey"]}
+
+    async def list_secrets(self) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=self.service.url, timeout=30) as http:
+            response = await http.get("/api/secrets", headers=self.headers)
+        assert response.status_code == 200
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    def assert_logs_clean(self) -> None:
+        log = self.service.log_text()
+        assert log, "the service wrote no log at all: is its output captured?"
+        for label, secret in (
+            ("the canary value", CANARY),
+            ("the master key", self.master_keys),
+            ("the master key material", self.master_keys.split(":", 1)[-1]),
+            ("the API key", self.project["apiKey"]),
+        ):
+            assert not leaked(secret, log), f"the service log contains {label} (or its hex/base64)"
+
+
+DeploymentFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def deploy(tmp_path: Path) -> AsyncIterator[DeploymentFactory]:
+    """Make deployments against a bootstrap address; every service started is killed at teardown."""
+    services: list[Service] = []
+
+    async def make(bootstrap: str, **overrides: str) -> Deployment:
+        workdir = tmp_path / f"deployment-{len(services)}"
+        workdir.mkdir()
+        env = make_env(
+            f"sqlite:///{workdir}/secrets.db",
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            OUTBOX_POLL_SECONDS="0.1",
+            **overrides,
+        )
+        settings = Settings.from_env(env)
+        project = await make_project(settings, "processes")
+        service = Service(env, workdir)
+        services.append(service)
+        return Deployment(service, settings, project, env["SECRETS_MASTER_KEYS"])
+
+    try:
+        yield make
+    finally:
+        for service in services:
+            service.kill()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A broker of this test's own on a free port pair, not started; stopped at teardown whatever happened."""
+    broker = LocalBroker(tmp_path / "kafka")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass
+class Outcome:
+    name: str
+    at: float  # time.monotonic() when the answer (or the error) arrived
+    status: int | None = None
+    secret_id: str | None = None
+    error: type[BaseException] | None = None
+
+
+async def drive_creates(
+    deployment: Deployment,
+    names: Sequence[str],
+    concurrency: int,
+    on_outcome: Callable[[list[Outcome]], None] | None = None,
+    pause: float = 0.0,
+    stop: asyncio.Event | None = None,
+    outcomes: list[Outcome] | None = None,
+    timeout: float = 120,
+) -> list[Outcome]:
+    """POST a secret per name from `concurrency` workers; a worker stops at its first unanswered request.
+
+    Outcomes are appended to `outcomes` (when given) as they arrive, and returned.
+    """
+    pending = iter(names)
+    outcomes = [] if outcomes is None else outcomes
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=deployment.service.url, timeout=30, limits=limits) as http:
+
+        async def worker() -> None:
+            for name in pending:
+                if stop is not None and stop.is_set():
+                    return
+                value = CANARY if name.endswith("_0") else f"value-of-{name}"
+                try:
+                    response = await http.post(
+                        "/api/secrets", json={"name": name, "value": value}, headers=deployment.headers
+                    )
+                except UNANSWERED as exc:
+                    outcomes.append(Outcome(name, time.monotonic(), error=type(exc)))
+                    if on_outcome is not None:
+                        on_outcome(outcomes)
+                    return
+                body = response.json() if response.status_code == 201 else {}
+                outcomes.append(Outcome(name, time.monotonic(), response.status_code, body.get("id")))
+                if on_outcome is not None:
+                    on_outcome(outcomes)
+                if pause:
+                    await asyncio.sleep(pause)
+
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
+
+
+def created_ids(records: list[Any]) -> set[str]:
+    """Secret ids that have a secret.created event, by the secretId in the event data."""
+    return {
+        json.loads(r.value)["secretId"]
+        for r in records
+        if record_headers(r).get("ce_type") == "secret.created"
+    }
+
+
+async def assert_every_stored_secret_has_its_event(
+    deployment: Deployment, bootstrap: str, timeout: float = 90
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The API's list and the topic agree: every stored secret has a secret.created event, and no event
+    describes a secret that is not stored."""
+    listed = await deployment.list_secrets()
+    stored = {s["id"] for s in listed}
+    records = await wait_for_records(
+        bootstrap,
+        deployment.topic,
+        lambda rs: created_ids(rs) >= stored,
+        timeout=timeout,
+        what=f"secret.created events for all {len(stored)} stored secrets",
+    )
+    phantom = created_ids(records) - stored
+    assert not phantom, f"{len(phantom)} events describe secrets that are not stored"
+    names = {json.loads(r.value)["secretId"]: json.loads(r.value)["name"] for r in records}
+    assert all(names[s["id"]] == s["name"] for s in listed)
+    return listed, records
+
+
+@pytest.mark.parametrize("kafka_during_load", ["up", "down"])
+async def test_sigkill_mid_load_loses_no_event(
+    deploy: DeploymentFactory, kafka_bootstrap: str, kafka_during_load: str
+) -> None:
+    # "down": every event of the load is still in the outbox when the process dies.
+    first_bootstrap = kafka_bootstrap if kafka_during_load == "up" else "127.0.0.1:9"
+    deployment: Deployment = await deploy(first_bootstrap)
+    service = deployment.service
+    await service.start_healthy()
+    killed_at: list[float] = []
+
+    def kill_partway(outcomes: list[Outcome]) -> None:
+        if not killed_at and sum(o.status == 201 for o in outcomes) >= 100:
+            service.send(signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    names = [f"KILL_{i}" for i in range(300)]
+    outcomes = await drive_creates(deployment, names, concurrency=32, on_outcome=kill_partway)
+    statuses = {o.status for o in outcomes if o.error is None}
+    assert statuses == {201}, f"unexpected statuses {statuses}"
+    assert killed_at, "the load finished before the kill"
+    assert await service.wait_exit(30) == -signal.SIGKILL
+    answered = {o.secret_id for o in outcomes if o.status == 201}
+    assert any(o.error is not None for o in outcomes), "no request was cut off by the kill"
+    if kafka_during_load == "down":
+        assert service.pending_events() >= len(answered), "events of answered creates are not in the outbox"
+
+    service.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    await service.start_healthy()
+    listed, _ = await assert_every_stored_secret_has_its_event(deployment, kafka_bootstrap)
+    missing = answered - {s["id"] for s in listed}
+    assert not missing, f"{len(missing)} secrets answered 201 before the kill are gone"
+    await service.stop()
+    deployment.assert_logs_clean()
+
+
+async def test_broker_outage_during_creates_loses_no_event(
+    deploy: DeploymentFactory, private_broker: LocalBroker
+) -> None:
+    bootstrap = await private_broker.astart()
+    deployment: Deployment = await deploy(bootstrap, KAFKA_TIMEOUT_SECONDS="3")
+    service = deployment.service
+    await service.start_healthy()
+
+    stop_load = asyncio.Event()
+    names = [f"OUTAGE_{i}" for i in range(20000)]  # more than the load will use: it runs until stopped
+    outcomes: list[Outcome] = []
+    load = asyncio.create_task(
+        drive_creates(
+            deployment,
+            names,
+            concurrency=2,
+            pause=0.05,
+            stop=stop_load,
+            outcomes=outcomes,
+            timeout=600,  # stopped by stop_load; each broker start/stop below is bounded itself
+        )
+    )
+    try:
+
+        def answered_since(t: float) -> int:
+            return sum(1 for o in outcomes if o.at > t and o.status == 201)
+
+        # Before the outage: events flow.
+        await wait_for_records(bootstrap, deployment.topic, lambda rs: len(rs) >= 10, timeout=60)
+        await private_broker.astop()
+        down_since = time.monotonic()
+        await poll_until(lambda: answered_since(down_since) >= 20, 60, what="creates while Kafka is down")
+        down_until = time.monotonic()
+        assert service.pending_events() > 0, "nothing waits in the outbox: was the broker really down?"
+        await private_broker.astart()
+        up_since = time.monotonic()
+        await poll_until(lambda: answered_since(up_since) >= 10, 60, what="creates after Kafka is back")
+    finally:
+        stop_load.set()
+        done = await load
+    assert done, "no creates at all"
+    statuses = [o.status for o in done]
+    assert set(statuses) == {201}, f"creates failed around the outage: {sorted(set(map(str, statuses)))}"
+    during = [o for o in done if down_since < o.at < down_until]
+    assert len(during) >= 20
+
+    listed, records = await assert_every_stored_secret_has_its_event(deployment, bootstrap)
+    assert {s["id"] for s in listed} == {o.secret_id for o in done}
+    # Kafka keeps each secret's events in one partition.
+    partitions: dict[bytes, set[int]] = {}
+    for record in records:
+        partitions.setdefault(record.key, set()).add(record.partition)
+    assert all(len(p) == 1 for p in partitions.values())
+    await service.stop()
+    deployment.assert_logs_clean()
+
+
+async def test_sigterm_drains_requests_and_exits_cleanly(
+    deploy: DeploymentFactory, kafka_bootstrap: str
+) -> None:
+    deployment: Deployment = await deploy(kafka_bootstrap, RELAY_SHUTDOWN_SECONDS="3")
+    service = deployment.service
+    await service.start_healthy()
+    termed_at: list[float] = []
+
+    def term_partway(outcomes: list[Outcome]) -> None:
+        if not termed_at and sum(o.status == 201 for o in outcomes) >= 80:
+            service.send(signal.SIGTERM)
+            termed_at.append(time.monotonic())
+
+    names = [f"TERM_{i}" for i in range(1000)]
+    outcomes = await drive_creates(deployment, names, concurrency=32, on_outcome=term_partway)
+    bad = sorted({str(o.status) for o in outcomes if o.error is None and o.status != 201})
+    assert not bad, f"requests answered with {bad}"
+    assert termed_at, "the load finished before SIGTERM"
+    # Bounded: uvicorn's graceful drain, then the relay's flush, plus start-up slack.
+    returncode = await service.wait_exit(GRACEFUL_SECONDS + 3 + 15)
+    after_term = [o for o in outcomes if o.at > termed_at[0]]
+    assert any(o.status == 201 for o in after_term), "no request in flight at SIGTERM completed"
+    answered = {o.secret_id for o in outcomes if o.status == 201}
+    unanswered = {o.name for o in outcomes if o.error is not None}
+    # A healthy broker: the relay flushed everything before the process exited.
+    assert service.pending_events() == 0, "events were left in the outbox with Kafka up"
+
+    await service.start_healthy()
+    listed, _ = await assert_every_stored_secret_has_its_event(deployment, kafka_bootstrap)
+    stored = {s["id"] for s in listed}
+    assert answered <= stored, "a 201 was answered for a secret that is not stored"
+    # Drained means no request was processed without its answer reaching the client.
+    assert stored == answered, (
+        f"{len(stored - answered)} secrets are stored though their request was cut off "
+        f"({len(unanswered)} requests went unanswered)"
+    )
+    await service.stop()
+    deployment.assert_logs_clean()
+    assert returncode == 0, f"SIGTERM'd service exited with {returncode}, not 0"
+
+
+@pytest.fixture
+async def hung_broker() -> AsyncIterator[str]:
+    """An address that accepts TCP connections and never answers: a wedged broker."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.wait_for(server.wait_closed(), 10)
+
+
+async def test_sigterm_with_a_hung_broker_is_bounded_and_keeps_the_events(
+    deploy: DeploymentFactory, hung_broker: str, kafka_bootstrap: str
+) -> None:
+    n = 20
+    deployment: Deployment = await deploy(hung_broker, KAFKA_TIMEOUT_SECONDS="3", RELAY_SHUTDOWN_SECONDS="2")
+    service = deployment.service
+    await service.start_healthy()
+    started = time.monotonic()
+    outcomes = await drive_creates(deployment, [f"HUNG_{i}" for i in range(n)], concurrency=4)
+    assert [o.status for o in outcomes] == [201] * n
+    assert time.monotonic() - started < 10, "creates wait on the hung broker"
+    # Let the relay get stuck inside a Kafka call before the signal.
+    await asyncio.sleep(1)
+
+    termed = time.monotonic()
+    service.send(signal.SIGTERM)
+    returncode = await service.wait_exit(30)
+    took = time.monotonic() - termed
+    assert returncode in (0, -signal.SIGTERM), f"exited with {returncode}"
+    # 2s for the relay's flush, 5s to close the producer: well under 20s.
+    assert took < 20, f"shutdown took {took:.1f}s with a hung broker"
+    assert service.pending_events() == n, "events must stay in the outbox when Kafka cannot take them"
+
+    service.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    await service.start_healthy()
+    listed, _ = await assert_every_stored_secret_has_its_event(deployment, kafka_bootstrap)
+    assert {s["id"] for s in listed} == {o.secret_id for o in outcomes}
+    await service.stop()
+    deployment.assert_logs_clean()
+
+
+async def test_consumer_drops_duplicates_after_a_forced_resend(
+    deploy: DeploymentFactory, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    n = 20
+    deployment: Deployment = await deploy(kafka_bootstrap)
+    service = deployment.service
+    await service.start_healthy()
+    outcomes = await drive_creates(deployment, [f"RESEND_{i}" for i in range(n)], concurrency=4)
+    assert [o.status for o in outcomes] == [201] * n
+    created = {o.secret_id for o in outcomes}
+    await wait_for_records(kafka_bootstrap, deployment.topic, lambda rs: len(rs) >= n, timeout=60)
+    await service.stop()
+
+    # Force the relay to publish everything again, as after a crash between publish and mark.
+    with contextlib.closing(sqlite3.connect(service.db_path, timeout=30)) as db, db:
+        db.execute("UPDATE relay_progress SET published_seq = 0")
+        reset = db.execute(CursorProgress().count_pending().sql).fetchone()[0]
+    assert reset == n
+    await service.start_healthy()
+    records = await wait_for_records(
+        kafka_bootstrap, deployment.topic, lambda rs: len(rs) >= 2 * n, timeout=60, what="the resent events"
+    )
+    await poll_until(lambda: service.pending_events() == 0, 60, what="the outbox to drain")
+    await service.stop()
+    event_ids = {record_headers(r)["ce_id"] for r in records}
+    assert len(event_ids) == n, "a resend must repeat the same event ids"
+
+    audit_log = tmp_path / "audit.jsonl"
+    env = {**os.environ, **deployment.service.env, "PYTHONUNBUFFERED": "1"}
+    command = [_executable(), "audit-consume", "--output", str(audit_log), "--idle-exit-seconds", "5"]
+    for run, group in enumerate([f"g-{uuid.uuid4()}", f"g-{uuid.uuid4()}"]):
+        # The second run is a new consumer group over the same log: it re-reads all 2N records.
+        with (tmp_path / f"audit-{run}.log").open("ab") as log:
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [*command, "--group", group],
+                env=env,
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        assert done.returncode == 0, f"audit-consume run {run} exited with {done.returncode}"
+        lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
+        assert len(lines) == n, f"run {run}: {len(lines)} audit lines for {n} events"
+        assert {line["id"] for line in lines} == event_ids
+        assert {line["data"]["secretId"] for line in lines} == created
+        assert all(line["type"] == "secret.created" for line in lines)
+    assert not leaked(CANARY, audit_log.read_bytes()), "the audit log contains the canary value"
+    deployment.assert_logs_clean()
+
+
+async def test_service_logs_never_contain_secrets(deploy: DeploymentFactory, kafka_bootstrap: str) -> None:
+    # DEBUG: the most the service (and its libraries) will ever write.
+    deployment: Deployment = await deploy(kafka_bootstrap, LOG_LEVEL="DEBUG")
+    service = deployment.service
+    await service.start_healthy()
+    headers = deployment.headers
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        created = await http.post("/api/secrets", json={"name": "LOGGED", "value": CANARY}, headers=headers)
+        assert created.status_code == 201
+        secret_id = created.json()["id"]
+        duplicate = await http.post("/api/secrets", json={"name": "LOGGED", "value": CANARY}, headers=headers)
+        assert duplicate.status_code == 409
+        updated = await http.put(f"/api/secrets/{secret_id}", json={"value": CANARY + "2"}, headers=headers)
+        assert updated.status_code == 200
+        keyed = await http.post(
+            "/api/secrets",
+            json={"name": "IDEMPOTENT", "value": CANARY},
+            headers={**headers, "Idempotency-Key": "k-1"},
+        )
+        assert keyed.status_code == 201
+        # Requests the service refuses, each carrying a secret somewhere.
+        refused = [
+            await http.post("/api/secrets", json={"name": "BAD", "value": [CANARY]}, headers=headers),
+            await http.post(
+                "/api/secrets", json={"name": CANARY + " bad name!", "value": "v"}, headers=headers
+            ),
+            await http.post(
+                "/api/secrets", content=b'{"name": "TRUNC", "value": "' + CANARY.encode(), headers=headers
+            ),
+            await http.post(
+                "/api/secrets",
+                json={"name": "IDEMPOTENT", "value": CANARY + "x"},
+                headers={**headers, "Idempotency-Key": "k-1"},
+            ),
+            await http.post(
+                "/api/secrets",
+                json={"name": "NOAUTH", "value": CANARY},
+                headers={"X-Auth-Token": deployment.project["apiKey"][:-4] + "AAAA"},
+            ),
+        ]
+        assert all(400 <= r.status_code < 500 for r in refused), [r.status_code for r in refused]
+        assert not any(leaked(CANARY, r.content) for r in refused), "an error response echoes the value"
+        deleted = await http.delete(f"/api/secrets/{secret_id}", headers=headers)
+        assert deleted.status_code == 200
+    await wait_for_records(kafka_bootstrap, deployment.topic, lambda rs: len(rs) >= 4, timeout=60)
+    await service.stop()
+    deployment.assert_logs_clean()
+    assert not leaked(CANARY + "2", service.log_text()), "the service log contains an updated value"
