@@ -1,0 +1,156 @@
+"""The relay against a real database and an in-memory publisher: order, at-least-once, leases, shutdown.
+
+The Kafka side of the same paths runs against the real broker in test_kafka.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import pytest
+
+from service.clock import iso_utc
+from service.db.dialect import open_database
+from service.db.lease import Lease, SoleLease
+from service.db.migrations import migrate
+from service.db.plan import StatementJob
+from service.db.store import Store
+from service.events.model import new_event
+from service.events.relay import OutboxRelay
+from service.events.sql import insert_events
+from service.settings import Settings
+from tests.support.clock import FakeClock
+from tests.support.database import pending_events
+from tests.support.publisher import InMemoryPublisher
+from tests.support.waiting import poll_until
+
+
+class Standby:
+    """A lease another replica holds."""
+
+    async def held(self) -> bool:
+        return False
+
+    async def release(self) -> None:
+        pass
+
+
+RelayFactory = Callable[..., AbstractAsyncContextManager[tuple[Store, OutboxRelay]]]
+
+
+@pytest.fixture
+def relay_on(settings: Settings) -> RelayFactory:
+    """A started store and relay on the test's database, publishing to `publisher`."""
+
+    @asynccontextmanager
+    async def start(
+        publisher: InMemoryPublisher, lease: Lease | None = None, shutdown_seconds: float = 2.0
+    ) -> AsyncIterator[tuple[Store, OutboxRelay]]:
+        database = open_database(settings.database)
+        await database.open()
+        await migrate(database)
+        relay: OutboxRelay | None = None
+        store = Store(database, lambda: relay.wake() if relay else None)
+        relay = OutboxRelay(
+            store,
+            publisher,
+            lease or SoleLease(),
+            FakeClock(),
+            poll_seconds=0.05,
+            shutdown_seconds=shutdown_seconds,
+        )
+        await store.start()
+        relay.start()
+        try:
+            yield store, relay
+        finally:
+            await relay.stop()
+            await store.stop()
+            await database.close()
+
+    return start
+
+
+class EventJob(StatementJob):
+    """Events committed as the service commits them (the relay is woken after the commit)."""
+
+    writes_events = True
+
+
+async def commit_events(store: Store, subjects: list[str]) -> list[str]:
+    at = iso_utc(FakeClock().now())
+    events = [new_event("secret.created", subject, {"secretId": subject}, at) for subject in subjects]
+    await store.write(EventJob(insert_events(events)))
+    return [event.event_id for event in events]
+
+
+async def test_committed_events_are_published_once_in_commit_order(
+    relay_on: RelayFactory, settings: Settings
+) -> None:
+    publisher = InMemoryPublisher()
+    async with relay_on(publisher) as (store, _relay):
+        first = await commit_events(store, ["a", "b"])
+        second = await commit_events(store, ["c"])
+        await poll_until(lambda: len(publisher.published) == 3, 10, interval=0.02, what="three events")
+    assert [e.event_id for e in publisher.published] == first + second
+    assert await pending_events(settings) == 0
+
+    # A restarted relay has nothing left to send.
+    again = InMemoryPublisher()
+    async with relay_on(again):
+        await asyncio.sleep(0.3)
+    assert again.published == []
+
+
+async def test_a_failed_publish_leaves_the_events_pending_until_it_succeeds(
+    relay_on: RelayFactory, settings: Settings
+) -> None:
+    publisher = InMemoryPublisher()
+    publisher.failures = 2
+    async with relay_on(publisher) as (store, _relay):
+        ids = await commit_events(store, ["a", "b", "c"])
+        await poll_until(lambda: len(publisher.published) == 3, 15, interval=0.02, what="the retried publish")
+        assert publisher.calls >= 3
+    assert [e.event_id for e in publisher.published] == ids
+    assert await pending_events(settings) == 0
+
+
+async def test_a_standby_publishes_nothing(relay_on: RelayFactory, settings: Settings) -> None:
+    publisher = InMemoryPublisher()
+    async with relay_on(publisher, lease=Standby()) as (store, _relay):
+        await commit_events(store, ["a"])
+        await asyncio.sleep(0.3)
+    assert publisher.calls == 0
+    assert await pending_events(settings) == 1
+
+
+async def test_shutdown_is_bounded_when_the_broker_never_acknowledges(
+    relay_on: RelayFactory, settings: Settings
+) -> None:
+    publisher = InMemoryPublisher()
+    publisher.gate = asyncio.Event()  # never set: every publish hangs
+    loop = asyncio.get_running_loop()
+    async with relay_on(publisher, shutdown_seconds=0.5) as (store, _relay):
+        await commit_events(store, ["a", "b"])
+        await asyncio.wait_for(publisher.entered.wait(), 10)
+        stopping = loop.time()
+    assert loop.time() - stopping < 5, "stop() waited on the broker past its bound"
+    assert publisher.published == []
+    assert await pending_events(settings) == 2, "unacknowledged events stay in the outbox"
+
+
+async def test_shutdown_flushes_what_committed_during_the_last_round(
+    relay_on: RelayFactory, settings: Settings
+) -> None:
+    publisher = InMemoryPublisher()
+    publisher.gate = asyncio.Event()
+    async with relay_on(publisher, shutdown_seconds=5) as (store, _relay):
+        first = await commit_events(store, ["a"])
+        await asyncio.wait_for(publisher.entered.wait(), 10)
+        # Committed while the round that read only "a" is still publishing.
+        second = await commit_events(store, ["b"])
+        asyncio.get_running_loop().call_later(0.2, publisher.gate.set)
+    assert [e.event_id for e in publisher.published] == first + second
+    assert await pending_events(settings) == 0

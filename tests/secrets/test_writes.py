@@ -1,0 +1,209 @@
+"""The write plans, fed canned statement results: what one batch decides, with no database.
+
+A plan yields statements and is sent each one's result. Here a small stand-in for the
+database answers them, so each case a real batch can hold is set up exactly: a name
+taken twice, the quota boundary, one Idempotency-Key claimed twice, a conflict with
+the database, an update and a delete of one secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, batch_plan
+from service.errors import Conflict, NotFound, Unprocessable
+from service.secrets.model import Created, IdempotencyClaim, SecretRecord, secret_event
+from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, UpdateSecret
+
+AT = "2030-01-01T00:00:00.000Z"
+QUOTA = 10
+
+
+def run(plan: Plan[Any], answer: Callable[[Statement], Any]) -> tuple[Any, list[Statement]]:
+    """Drive a plan to its end; returns its outcomes and the statements it yielded."""
+    statements: list[Statement] = []
+    result: Any = None
+    try:
+        while True:
+            statement = plan.send(result)
+            statements.append(statement)
+            result = answer(statement)
+    except StopIteration as done:
+        return done.value, statements
+
+
+class CannedDatabase:
+    """Answers the create plan's statements as a database holding `counts` and `taken` names would."""
+
+    def __init__(
+        self,
+        counts: dict[str, int],
+        taken: set[tuple[str, str]] | None = None,
+        held_keys: set[tuple[str, str]] | None = None,
+    ) -> None:
+        self.counts = counts
+        self.taken = set(taken or ())
+        self.held_keys = set(held_keys or ())
+        self.inserted: list[str] = []
+
+    def __call__(self, statement: Statement) -> Any:
+        sql = statement.sql
+        if sql.startswith("SELECT id, secret_count FROM projects"):
+            assert isinstance(statement, Fetch) and statement.for_update, "counts are read under lock"
+            return [(p, self.counts[p]) for p in statement.params if p in self.counts]
+        if sql.startswith("INSERT INTO idempotency_keys"):
+            assert isinstance(statement, Fetch)
+            params = list(statement.params)
+            went_in = []
+            for i in range(0, len(params), 6):
+                pair = (params[i], params[i + 1])
+                if pair not in self.held_keys:
+                    self.held_keys.add(pair)
+                    went_in.append(pair)
+            return went_in
+        if sql.startswith("INSERT INTO secrets"):
+            assert isinstance(statement, Execute)
+            params = list(statement.params)
+            count = 0
+            for i in range(0, len(params), 7):
+                secret_id, project_id, name = params[i], params[i + 1], params[i + 2]
+                if (project_id, name) not in self.taken:
+                    self.taken.add((project_id, name))
+                    self.inserted.append(secret_id)
+                    count += 1
+            return count
+        if sql.startswith("SELECT id FROM secrets WHERE id IN"):
+            return [(i,) for i in statement.params if i in self.inserted]  # type: ignore[union-attr]
+        if isinstance(statement, ExecuteMany):
+            return None
+        return 1
+
+
+def new_create(
+    name: str, project: str = "p1", key: str | None = None, fingerprint: str = "f"
+) -> CreateSecret:
+    record = SecretRecord(f"id-{name}-{key}-{fingerprint}", project, name, "k1", AT, AT)
+    event = secret_event("secret.created", record, api_key_id="key-1", request_id="r", at=AT)
+    claim = None if key is None else IdempotencyClaim(project, key, fingerprint, 201, "{}", AT)
+    return CreateSecret(record, b"sealed", event, QUOTA, claim)
+
+
+def statements_like(statements: Sequence[Statement], prefix: str) -> list[Statement]:
+    return [s for s in statements if s.sql.startswith(prefix)]
+
+
+def test_two_creates_of_one_name_in_a_batch_give_one_secret_and_one_conflict() -> None:
+    jobs = [new_create("DUP", key=None, fingerprint="a"), new_create("DUP", key=None, fingerprint="b")]
+    database = CannedDatabase({"p1": 0})
+
+    outcomes, statements = run(CreateSecret.plan_batch(jobs), database)
+
+    assert outcomes[0] == Created(jobs[0].record)
+    assert isinstance(outcomes[1], Conflict)
+    (insert,) = statements_like(statements, "INSERT INTO secrets")
+    assert len(insert.params) == 7, "only the first of the two goes to the database"
+    (events,) = statements_like(statements, "INSERT INTO outbox")
+    assert jobs[0].event.event_id in events.params and jobs[1].event.event_id not in events.params
+    (counts,) = statements_like(statements, "UPDATE projects")
+    assert list(counts.rows) == [(1, "p1")]  # type: ignore[union-attr]
+
+
+def test_the_quota_boundary_inside_a_batch_lets_exactly_the_room_left_in() -> None:
+    jobs = [new_create(f"S_{i}") for i in range(4)] + [new_create("ELSEWHERE", project="p2")]
+    database = CannedDatabase({"p1": QUOTA - 2, "p2": 0})
+
+    outcomes, statements = run(CreateSecret.plan_batch(jobs), database)
+
+    assert [type(o) for o in outcomes] == [Created, Created, Unprocessable, Unprocessable, Created]
+    assert outcomes[2].message == f"This project has reached its limit of {QUOTA} secrets"
+    (counts,) = statements_like(statements, "UPDATE projects")
+    assert sorted(counts.rows) == [(1, "p2"), (2, "p1")]  # type: ignore[union-attr]
+
+
+def test_one_idempotency_key_claimed_twice_in_a_batch_creates_once_and_replays_once() -> None:
+    first, retry = new_create("KEYED", key="req-1"), new_create("KEYED", key="req-1")
+    database = CannedDatabase({"p1": 0})
+
+    outcomes, statements = run(CreateSecret.plan_batch([first, retry]), database)
+
+    assert outcomes == [Created(first.record), IdempotencyKeyTaken()]
+    assert database.inserted == [first.record.id]
+    assert database.held_keys == {("p1", "req-1")}
+    assert not statements_like(statements, "DELETE FROM idempotency_keys"), "the claim stays with the winner"
+
+
+def test_a_create_that_conflicts_with_the_database_releases_its_claim() -> None:
+    job = new_create("EXISTING", key="req-2")
+    database = CannedDatabase({"p1": 1}, taken={("p1", "EXISTING")})
+
+    outcomes, statements = run(CreateSecret.plan_batch([job]), database)
+
+    assert isinstance(outcomes[0], Conflict)
+    (release,) = statements_like(statements, "DELETE FROM idempotency_keys")
+    assert list(release.rows) == [("p1", "req-2")]  # type: ignore[union-attr]
+    assert not statements_like(statements, "INSERT INTO outbox"), "no event for a secret not created"
+    assert not statements_like(statements, "UPDATE projects")
+
+
+def test_a_create_over_the_quota_releases_its_claim_so_a_retry_is_refused_again() -> None:
+    job = new_create("OVER", key="req-3")
+    database = CannedDatabase({"p1": QUOTA})
+
+    outcomes, statements = run(CreateSecret.plan_batch([job]), database)
+
+    assert isinstance(outcomes[0], Unprocessable)
+    (release,) = statements_like(statements, "DELETE FROM idempotency_keys")
+    assert list(release.rows) == [("p1", "req-3")]  # type: ignore[union-attr]
+    assert not statements_like(statements, "INSERT INTO secrets")
+
+
+RECORD = SecretRecord("s1", "p1", "NAME", "k1", AT, AT)
+
+
+def update_job() -> UpdateSecret:
+    return UpdateSecret("p1", "s1", b"new", "k1", "2030-01-01T00:00:01.000Z", "key-1", "r1")
+
+
+def delete_job() -> DeleteSecret:
+    return DeleteSecret("p1", "s1", "2030-01-01T00:00:02.000Z", "key-1", "r2")
+
+
+def test_an_update_then_a_delete_of_one_secret_in_a_batch_both_commit_in_order() -> None:
+    row = {"exists": True}
+
+    def answer(statement: Statement) -> Any:
+        if statement.sql.startswith(("UPDATE secrets", "DELETE FROM secrets")):
+            if not row["exists"]:
+                return []
+            if statement.sql.startswith("DELETE"):
+                row["exists"] = False
+            return [tuple(getattr(RECORD, f) for f in RECORD.__slots__)]
+        return 1
+
+    outcomes, statements = run(batch_plan([update_job(), delete_job()]), answer)
+
+    assert outcomes == [RECORD, RECORD]
+    events = [s for s in statements if s.sql.startswith("INSERT INTO outbox")]
+    assert [e.params[1] for e in events] == ["secret.updated", "secret.deleted"]
+    (count,) = statements_like(statements, "UPDATE projects")
+    assert list(count.rows) == [(-1, "p1")]  # type: ignore[union-attr]
+
+
+def test_an_update_after_a_delete_in_the_same_batch_is_not_found_and_emits_nothing() -> None:
+    row = {"exists": True}
+
+    def answer(statement: Statement) -> Any:
+        if statement.sql.startswith(("UPDATE secrets", "DELETE FROM secrets")):
+            if not row["exists"]:
+                return []
+            row["exists"] = False
+            return [tuple(getattr(RECORD, f) for f in RECORD.__slots__)]
+        return 1
+
+    outcomes, statements = run(batch_plan([delete_job(), update_job()]), answer)
+
+    assert outcomes[0] == RECORD
+    assert isinstance(outcomes[1], NotFound)
+    events = [s for s in statements if s.sql.startswith("INSERT INTO outbox")]
+    assert [e.params[1] for e in events] == ["secret.deleted"]
