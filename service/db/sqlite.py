@@ -43,12 +43,19 @@ def _pragmas(synchronous: str) -> tuple[str, ...]:
 def prepare_file(path: Path) -> None:
     """Create the database file private (0600), and its directory (0700), before SQLite opens it.
 
-    SQLite gives the -wal and -shm files the database file's permissions.
+    SQLite gives the -wal and -shm files the database file's permissions. An existing
+    file is only chmod-ed, never opened here: closing any descriptor of a file releases
+    every POSIX lock this process holds on it, SQLite's included (see "How To Corrupt An
+    SQLite Database File", section 2.2), so only a file that does not exist yet is created.
     """
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
     for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             if existing.stat().st_mode & 0o077:
@@ -114,7 +121,6 @@ class SQLiteConnection:
         await self._call(self._connect)
 
     def _connect(self) -> None:
-        prepare_file(self._path)
         # Autocommit mode: transactions are begun and ended explicitly, never implicitly by the module.
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
         try:
@@ -204,6 +210,7 @@ class SQLiteDatabase:
         if sqlite3.sqlite_version_info < (3, 35):
             # INSERT ... ON CONFLICT DO NOTHING and RETURNING.
             raise RuntimeError(f"SQLite 3.35 or later is needed; this Python has {sqlite3.sqlite_version}")
+        await asyncio.to_thread(prepare_file, self.path)
         reader = SQLiteConnection(self.path, self._synchronous, "sqlite-reader")
         await reader.open()
         self._reader = reader
