@@ -1,0 +1,120 @@
+"""Benchmark of the create path (POST /api/secrets) against the bare-framework ceiling.
+
+Usage: bench/run [--quick] [--profile] [--ref REF] ... (see bench/README.md). One run:
+
+1. starts a local Kafka broker (scripts/kafka-local, dedicated port and a temporary data dir),
+   the real service (fresh SQLite file, SQLITE_SYNCHRONOUS=FULL, relay publishing to Kafka)
+   and bench/bare_app.py, on loopback;
+2. warms both up, then alternates wrk rounds (service, bare, service, bare, ...) at the same
+   threads/connections/duration, and reports per round req/s, p50/p99, errors, non-201
+   answers and the service/bare ratio;
+3. runs one more service round with an event-latency probe (a create every ~50 ms on its own
+   connection, and kcat reading the topic: latency = record readable - 201 received);
+4. stops the service, prefills the same database with 1,000,000 secrets, restarts it, and
+   runs service rounds (alternating with bare rounds) against the big table;
+5. verifies that every 201 is a row in the database and that the topic holds an event for
+   every row the service created; records the peak RSS (VmHWM) of each service process;
+6. writes bench/results/<UTC timestamp>.json and bench/results/latest.md.
+
+Every process it starts is stopped on exit (normal, error, Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from typing import Any
+
+from . import RESULTS, ROOT, log
+from .processes import tail
+from .report import markdown
+from .run import Bench
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 3s rounds, 1 round each, 100k prefill")
+    p.add_argument("--duration", type=int, default=None, help="seconds per wrk round (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds on the empty DB (default 3)")
+    p.add_argument(
+        "--prefill", type=int, default=None, help="secrets to prefill (default 1,000,000; 0 skips)"
+    )
+    p.add_argument(
+        "--prefill-rounds", type=int, default=None, help="service+bare rounds after the prefill (default 2)"
+    )
+    p.add_argument("--warmup", type=int, default=None, help="warm-up seconds per app (default 5)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--timeout", type=int, default=5, help="wrk request timeout, seconds")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")
+    p.add_argument("--probe-interval", type=float, default=0.05)
+    p.add_argument(
+        "--no-status-count",
+        action="store_true",
+        help="do not count statuses in wrk's response() (count > 399 from summary.errors.status)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra (unscored) service round under py-spy; stacks to bench/results/profile-*.txt",
+    )
+    p.add_argument("--service-port", type=int, default=18480)
+    p.add_argument("--bare-port", type=int, default=18481)
+    p.add_argument("--kafka-port", type=int, default=9492)
+    p.add_argument(
+        "--ref",
+        default=None,
+        help="benchmark service/ as of this git ref (exported to the temp dir) instead of the working tree",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=int,
+        default=0,
+        help="wait up to this many seconds for other load on the machine to drop below 0.3 cores",
+    )
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (database, logs, Kafka data)")
+    p.add_argument("--no-results", action="store_true", help="do not write bench/results/")
+    p.add_argument("--check", action="store_true", help="exit 3 if any target of the issue fails")
+    a = p.parse_args(argv)
+    quick = {"duration": 3, "rounds": 1, "prefill": 100_000, "prefill_rounds": 1, "warmup": 2}
+    full = {"duration": 10, "rounds": 3, "prefill": 1_000_000, "prefill_rounds": 2, "warmup": 5}
+    for key, value in (quick if a.quick else full).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        result = asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    except Exception as exc:
+        log(f"failed: {type(exc).__name__}: {exc}")
+        if bench.service is not None:
+            log("service log tail:\n" + tail(bench.service_log))
+        return 1
+    finally:
+        bench.cleanup()
+    md = markdown(result)
+    if not args.no_results:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"{result['timestamp']}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / "latest.md").write_text(md)
+        log(f"wrote {out.relative_to(ROOT)} and bench/results/latest.md")
+    print(md)
+    if args.check and any(t["pass"] is False for t in result["targets"]):
+        return 3
+    return 0

@@ -1,0 +1,133 @@
+"""The processes a run starts (and stops on the way out), ports, CPU and memory accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from . import ROOT, log
+
+
+class Procs:
+    """Every process this run started, so that all of them are stopped on the way out."""
+
+    def __init__(self) -> None:
+        self.popens: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.async_pids: dict[int, str] = {}
+        self.kafka: tuple[str, str] | None = None
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
+        out = open(logfile, "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
+        )
+        out.close()
+        self.popens.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"pid {proc.pid} did not stop in {timeout}s; killing it")
+                proc.kill()
+                proc.wait(10)
+        self.popens = [(n, p) for n, p in self.popens if p is not proc]
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for pid, name in list(self.async_pids.items()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                log(f"killed leftover {name} (pid {pid})")
+        self.async_pids.clear()
+        for name, proc in list(self.popens):
+            if proc.poll() is None:
+                log(f"stopping {name} (pid {proc.pid})")
+            with contextlib.suppress(Exception):
+                self.stop(proc, 15)
+        if self.kafka is not None:
+            port, data = self.kafka
+            log("stopping Kafka")
+            subprocess.run(
+                [str(ROOT / "scripts" / "kafka-local"), "stop", "--port", port, "--data", data],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=90,
+                check=False,
+            )
+            self.kafka = None
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmHWM / VmRSS in kB."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def wait_until(check, proc: subprocess.Popen[bytes], logfile: Path, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(logfile)}")
+        with contextlib.suppress(OSError, ValueError):
+            if check():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready in {timeout}s:\n{tail(logfile)}")
