@@ -84,7 +84,14 @@ def create_app(
                 yield {
                     "store": store,
                     "auth": Authenticator(store, hash_key, settings.auth_cache_seconds, clock),
-                    "vault": Vault(store, keyring, hash_key, settings.max_secrets_per_project, clock),
+                    "vault": Vault(
+                        store,
+                        keyring,
+                        hash_key,
+                        settings.max_secrets_per_project,
+                        clock,
+                        versions_kept=settings.secret_versions_kept,
+                    ),
                 }
             finally:
                 # Requests have drained: the relay gets its bounded flush, then queued writes commit.

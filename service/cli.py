@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from service.accounts.model import SCOPES
 from service.clock import SystemClock
 from service.settings import ConfigurationError, Settings
 
@@ -49,7 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--hash-key", action="store_true", help="print a new API_KEY_HASH_KEY instead")
     issue = keys.add_parser("issue", help="issue another API key for a project (printed once)")
     issue.add_argument("project_id")
-    keys.add_parser("rewrap", help="re-wrap every value's data key under the first master key")
+    issue.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=SCOPES,
+        help="a scope the key holds (repeatable; default: every scope). secrets:view lists and reads "
+        "metadata, secrets:read adds value reads, secrets:manage is everything",
+    )
+    listing = keys.add_parser("list", help="list a project's API keys and their scopes (never the keys)")
+    listing.add_argument("project_id")
+    keys.add_parser(
+        "rewrap", help="re-wrap every value's data key (every kept version's) under the first master key"
+    )
+    keys.add_parser("status", help="how many stored values each master key id wraps")
     revoke = keys.add_parser("revoke", help="revoke an API key by its id")
     revoke.add_argument("api_key_id")
 
@@ -101,7 +115,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     from service.accounts import admin
     from service.crypto import Keyring
     from service.db.dialect import open_store
-    from service.secrets.rotation import rewrap_all
+    from service.secrets.rotation import key_status, rewrap_all
 
     if args.command == "migrate":
         print(json.dumps({"applied": await _migrate(settings)}))
@@ -113,14 +127,29 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps((await admin.create_project(store, hash_key, clock, args.name)).to_json()))
             return 0
         if args.action == "issue":
-            print(json.dumps((await admin.issue_api_key(store, hash_key, clock, args.project_id)).to_json()))
-            return 0
-        if args.action == "rewrap":
+            scopes = args.scopes or SCOPES
             print(
                 json.dumps(
-                    {"rewrapped": await rewrap_all(store, Keyring.parse(settings.master_keys.reveal()))}
+                    (await admin.issue_api_key(store, hash_key, clock, args.project_id, scopes)).to_json()
                 )
             )
+            return 0
+        if args.action == "list":
+            print(json.dumps([key.to_json() for key in await admin.list_api_keys(store, args.project_id)]))
+            return 0
+        if args.action == "rewrap":
+            keyring = Keyring.parse(settings.master_keys.reveal())
+            done = await rewrap_all(store, keyring)
+            result = {
+                "rewrapped": done.rewrapped,
+                "primaryKeyId": keyring.primary_id,
+                "remaining": done.remaining,
+            }
+            print(json.dumps(result))
+            return 0 if not done.remaining else 3
+        if args.action == "status":
+            keyring = Keyring.parse(settings.master_keys.reveal())
+            print(json.dumps({"primaryKeyId": keyring.primary_id, "valuesPerKeyId": await key_status(store)}))
             return 0
         revoked = await admin.revoke_api_key(store, clock, args.api_key_id)
         print(json.dumps({"apiKeyId": args.api_key_id, "revoked": revoked}))

@@ -30,9 +30,12 @@ def iso_utc(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def later_than(instant: datetime, previous: str) -> str:
-    """`instant` as a timestamp, or one millisecond after `previous` when the clock has not moved past it."""
-    at = iso_utc(instant)
+def later_than_text(at: str, previous: str) -> str:
+    """Timestamp `at`, or one millisecond after `previous` when the clock has not moved past it.
+
+    Keeps a record's updatedAt moving forward across updates within a millisecond, or
+    after the clock stepped back.
+    """
     if at > previous:
         return at
     return iso_utc(datetime.fromisoformat(previous) + timedelta(milliseconds=1))

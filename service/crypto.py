@@ -2,11 +2,14 @@
 
 A value is encrypted with a fresh 256-bit data key; the data key is wrapped by the
 primary master key. Both AES-256-GCM operations take associated data naming the
-project, the secret and its name, so a stored blob only opens for the row it was
-written for. Rotating master keys re-wraps data keys; values are never re-encrypted.
+project, the secret, its name and (format 2) the value's version, so a stored blob
+only opens as the version of the row it was written for. Rotating master keys
+re-wraps data keys; values are never re-encrypted.
 
-Sealed format, version 1:
-    0x01 | len(key_id):u8 | key_id | wrap_nonce:12 | wrapped_key:48 | nonce:12 | ciphertext+tag
+Sealed format, versions 1 and 2 (the first byte):
+    format:u8 | len(key_id):u8 | key_id | wrap_nonce:12 | wrapped_key:48 | nonce:12 | ciphertext+tag
+Format 1 (written before values had versions) binds project, secret and name; it
+opens only as version 1. Format 2 binds the version too. New values are format 2.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import os
 import re
 import secrets
 import string
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.ids import random_bytes
 
-FORMAT_VERSION = 1
-_VERSION = bytes((FORMAT_VERSION,))
+FORMAT_VERSION = 2
+_FORMATS = (1, 2)
 _NONCE = 12
 _WRAPPED_KEY = 32 + 16
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -89,41 +93,73 @@ def generate_master_key_entry(key_id: str) -> str:
     return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
-def associated_data(project_id: str, secret_id: str, name: str) -> bytes:
-    """What a sealed value is bound to: the row it belongs to."""
-    return f"secret/v1\x00{project_id}\x00{secret_id}\x00{name}".encode()
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a sealed value is bound to: one version of one secret's value, in one project."""
+
+    project_id: str
+    secret_id: str
+    name: str
+    version: int
+
+    def associated_data(self, format_version: int) -> bytes:
+        if format_version == 1:
+            return f"secret/v1\x00{self.project_id}\x00{self.secret_id}\x00{self.name}".encode()
+        return f"secret/v2\x00{self.project_id}\x00{self.secret_id}\x00{self.name}\x00{self.version}".encode()
 
 
-def seal(keyring: Keyring, plaintext: str, aad: bytes) -> bytes:
+def seal(keyring: Keyring, plaintext: str, binding: Binding) -> bytes:
+    """The value sealed under a fresh data key, wrapped by the primary master key (format 2)."""
     randomness = random_bytes(32 + 2 * _NONCE)
     data_key, nonce, wrap_nonce = randomness[:32], randomness[32:44], randomness[44:]
-    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext.encode(), _VERSION + aad)
-    return _wrap(keyring, data_key, aad, wrap_nonce) + nonce + ciphertext
+    format_byte = bytes((FORMAT_VERSION,))
+    aad = binding.associated_data(FORMAT_VERSION)
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext.encode(), format_byte + aad)
+    return _wrap(keyring, FORMAT_VERSION, data_key, aad, wrap_nonce) + nonce + ciphertext
 
 
-def unseal(keyring: Keyring, blob: bytes, aad: bytes) -> str:
+def unseal(keyring: Keyring, blob: bytes, binding: Binding) -> str:
+    """The plaintext; DecryptionError for a wrong key or row, a tampered or malformed blob."""
+    format_version = _format(blob, binding)
+    aad = binding.associated_data(format_version)
     data_key, body = _unwrap(keyring, blob, aad)
+    if len(body) < _NONCE + 16:
+        raise DecryptionError("sealed value is truncated")
     try:
-        return AESGCM(data_key).decrypt(body[:_NONCE], body[_NONCE:], _VERSION + aad).decode()
+        plaintext = AESGCM(data_key).decrypt(body[:_NONCE], body[_NONCE:], bytes((format_version,)) + aad)
+        return plaintext.decode()
     except (InvalidTag, ValueError):
         raise DecryptionError("sealed value does not open with this key and row") from None
 
 
-def rewrap(keyring: Keyring, blob: bytes, aad: bytes) -> bytes:
-    """The same sealed value with its data key wrapped by the primary master key."""
+def rewrap(keyring: Keyring, blob: bytes, binding: Binding) -> bytes:
+    """The same sealed value (same format) with its data key wrapped by the primary master key."""
+    format_version = _format(blob, binding)
+    aad = binding.associated_data(format_version)
     data_key, body = _unwrap(keyring, blob, aad)
-    return _wrap(keyring, data_key, aad, os.urandom(_NONCE)) + body
+    return _wrap(keyring, format_version, data_key, aad, os.urandom(_NONCE)) + body
 
 
 def sealed_key_id(blob: bytes) -> str:
-    if len(blob) < 2 or blob[0] != FORMAT_VERSION:
-        raise DecryptionError("unsupported sealed format")
-    return blob[2 : 2 + blob[1]].decode()
+    """The id of the master key that wraps a sealed value's data key."""
+    if len(blob) < 2 or blob[0] not in _FORMATS or len(blob) < 2 + blob[1]:
+        raise DecryptionError("unsupported or malformed sealed format")
+    try:
+        return blob[2 : 2 + blob[1]].decode("ascii")
+    except UnicodeDecodeError:
+        raise DecryptionError("malformed key id in sealed value") from None
 
 
-def _wrap(keyring: Keyring, data_key: bytes, aad: bytes, wrap_nonce: bytes) -> bytes:
+def _format(blob: bytes, binding: Binding) -> int:
+    sealed_key_id(blob)
+    if blob[0] == 1 and binding.version != 1:
+        raise DecryptionError("a format-1 sealed value is only ever version 1")
+    return blob[0]
+
+
+def _wrap(keyring: Keyring, format_version: int, data_key: bytes, aad: bytes, wrap_nonce: bytes) -> bytes:
     kid = keyring.primary_id.encode()
-    header = _VERSION + bytes((len(kid),)) + kid
+    header = bytes((format_version, len(kid))) + kid
     return header + wrap_nonce + keyring._key(keyring.primary_id).encrypt(wrap_nonce, data_key, header + aad)
 
 
@@ -133,6 +169,8 @@ def _unwrap(keyring: Keyring, blob: bytes, aad: bytes) -> tuple[bytes, bytes]:
     header = blob[:offset]
     wrap_nonce = blob[offset : offset + _NONCE]
     wrapped = blob[offset + _NONCE : offset + _NONCE + _WRAPPED_KEY]
+    if len(wrapped) != _WRAPPED_KEY:
+        raise DecryptionError("sealed value is truncated")
     try:
         data_key = keyring._key(key_id).decrypt(wrap_nonce, wrapped, header + aad)
     except InvalidTag:

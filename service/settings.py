@@ -130,6 +130,7 @@ class Settings:
     sqlite_synchronous: str = _setting("SQLITE_SYNCHRONOUS", "FULL", _one_of("FULL", "EXTRA", "NORMAL"))
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 262144, _at_least(1024, int))
     max_secrets_per_project: int = _setting("MAX_SECRETS_PER_PROJECT", 10000, _at_least(1, int))
+    secret_versions_kept: int = _setting("SECRET_VERSIONS_KEPT", 10, _at_least(1, int))
     auth_cache_seconds: float = _setting("AUTH_CACHE_SECONDS", 1.0, _at_least(0.0, float))
     outbox_poll_seconds: float = _setting("OUTBOX_POLL_SECONDS", 0.5, _at_least(0.001, float))
     outbox_retention_seconds: float = _setting(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from service.crypto import (
+    Binding,
     Keyring,
-    associated_data,
     generate_master_key_entry,
     rewrap,
     seal,
@@ -17,7 +17,7 @@ from service.settings import Secret
 def test_rotation_rewraps_the_data_key_without_touching_the_value() -> None:
     old = generate_master_key_entry("old")
     new = generate_master_key_entry("new")
-    aad = associated_data("p", "s", "NAME")
+    aad = Binding("p", "s", "NAME", 1)
     sealed = seal(Keyring.parse(old), "value", aad)
     rotated_ring = Keyring.parse(f"{new},{old}")
     assert unseal(rotated_ring, sealed, aad) == "value", "old keys still open"
@@ -29,7 +29,7 @@ def test_rotation_rewraps_the_data_key_without_touching_the_value() -> None:
 
 def test_each_seal_uses_a_fresh_key_and_nonce() -> None:
     keyring = Keyring.parse(generate_master_key_entry("k"))
-    aad = associated_data("p", "s", "N")
+    aad = Binding("p", "s", "N", 1)
     assert seal(keyring, "same", aad) != seal(keyring, "same", aad)
 
 

@@ -333,6 +333,66 @@ async def test_sigkill_mid_load_loses_no_event(
     deployment.assert_logs_clean()
 
 
+async def test_sigkill_mid_read_load_leaves_no_answered_value_unaudited(
+    deploy: DeploymentFactory, kafka_bootstrap: str
+) -> None:
+    """Every 200 value answer has exactly one secret.accessed event, also when the process is killed mid-load."""
+    deployment: Deployment = await deploy(kafka_bootstrap)
+    service = deployment.service
+    await service.start_healthy()
+    names = [f"READ_{i}" for i in range(20)]
+    assert {o.status for o in await drive_creates(deployment, names, concurrency=4)} == {201}
+    answered: list[str] = []
+    cut_off: list[type[BaseException]] = []
+
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+
+        async def reader(worker: int) -> None:
+            for i in range(10_000):
+                request_id = f"r{worker}-{i}"
+                try:
+                    response = await http.get(
+                        f"/api/secrets/by-name/{names[i % len(names)]}/value",
+                        headers={**deployment.headers, "X-Request-ID": request_id},
+                    )
+                except UNANSWERED as exc:
+                    cut_off.append(type(exc))
+                    return
+                assert response.status_code == 200, response.text
+                assert response.headers["x-request-id"] == request_id
+                answered.append(request_id)
+                if len(answered) == 300:
+                    service.send(signal.SIGKILL)
+
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(reader(w) for w in range(16)))
+    assert await service.wait_exit(30) == -signal.SIGKILL
+    assert cut_off, "no read was cut off by the kill"
+
+    await service.start_healthy()
+
+    def audited(records: list[Any]) -> dict[str, set[str]]:
+        by_request: dict[str, set[str]] = {}
+        for record in records:
+            if record_headers(record).get("ce_type") == "secret.accessed":
+                by_request.setdefault(json.loads(record.value)["requestId"], set()).add(
+                    record_headers(record)["ce_id"]
+                )
+        return by_request
+
+    records = await wait_for_records(
+        kafka_bootstrap,
+        deployment.topic,
+        lambda rs: set(answered) <= set(audited(rs)),
+        timeout=90,
+        what=f"secret.accessed events for all {len(answered)} answered reads",
+    )
+    events = audited(records)
+    assert all(len(events[request_id]) == 1 for request_id in answered), "a read has several distinct events"
+    await service.stop()
+    deployment.assert_logs_clean()
+
+
 async def test_broker_outage_during_creates_loses_no_event(
     deploy: DeploymentFactory, private_broker: LocalBroker
 ) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from service.crypto import Keyring, associated_data, generate_master_key_entry, seal, unseal
+from service.crypto import Binding, Keyring, generate_master_key_entry, seal, unseal
 from service.settings import ConfigurationError, Settings
 from tests.support.paths import ROOT
 
@@ -91,7 +91,7 @@ def test_keys_generate_output_is_accepted_by_the_service() -> None:
     assert keyring.primary_id == "rotated-2"
     assert len(keyring.key_ids) == 2
     assert len(settings.api_key_hash_key.reveal()) == 32
-    aad = associated_data("p", "s", "N")
+    aad = Binding("p", "s", "N", 1)
     assert unseal(keyring, seal(keyring, "v", aad), aad) == "v"
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from service.accounts import sql
-from service.accounts.model import IssuedKey
+from service.accounts.model import SCOPES, IssuedKey, KeyInfo, format_scopes, parse_scopes
 from service.clock import Clock, iso_utc
 from service.crypto import generate_api_key, hash_api_key
 from service.db.plan import Plan, StatementJob
 from service.db.store import Store
-from service.errors import NotFound, ServiceError
+from service.errors import BadRequest, NotFound, ServiceError
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -37,26 +37,46 @@ class _IssueKey:
             elif not (yield sql.project_exists(project_id)):
                 outcomes.append(NotFound(f"No project with id {project_id}"))
                 continue
-            yield sql.insert_api_key(job.issued.api_key_id, project_id, job.key_hash, job.at)
+            yield sql.insert_api_key(
+                job.issued.api_key_id, project_id, job.key_hash, format_scopes(job.issued.scopes), job.at
+            )
             outcomes.append(job.issued)
         return outcomes
 
 
-def _new_key(hash_key: bytes, project_id: str) -> tuple[IssuedKey, str]:
+def _new_key(hash_key: bytes, project_id: str, scopes: Iterable[str]) -> tuple[IssuedKey, str]:
+    granted = frozenset(scopes)
+    if not granted or not granted <= set(SCOPES):
+        raise BadRequest(f"scopes must be one or more of {', '.join(SCOPES)}")
     api_key = generate_api_key()
-    return IssuedKey(project_id, str(uuid.uuid4()), api_key), hash_api_key(hash_key, api_key)
+    return IssuedKey(project_id, str(uuid.uuid4()), api_key, granted), hash_api_key(hash_key, api_key)
 
 
 async def create_project(store: Store, hash_key: bytes, clock: Clock, name: str) -> IssuedKey:
-    """A new project and its first API key; the key is returned once and stored only as a keyed hash."""
-    issued, key_hash = _new_key(hash_key, "project_" + uuid.uuid4().hex)
+    """A new project and its first API key, holding every scope.
+
+    The key is returned once and stored only as a keyed hash.
+    """
+    issued, key_hash = _new_key(hash_key, "project_" + uuid.uuid4().hex, SCOPES)
     return await store.write(_IssueKey(issued, key_hash, iso_utc(clock.now()), project_name=name))
 
 
-async def issue_api_key(store: Store, hash_key: bytes, clock: Clock, project_id: str) -> IssuedKey:
-    """Another key for an existing project (NotFound otherwise)."""
-    issued, key_hash = _new_key(hash_key, project_id)
+async def issue_api_key(
+    store: Store, hash_key: bytes, clock: Clock, project_id: str, scopes: Iterable[str] = SCOPES
+) -> IssuedKey:
+    """Another key for an existing project (NotFound otherwise), holding `scopes`."""
+    issued, key_hash = _new_key(hash_key, project_id, scopes)
     return await store.write(_IssueKey(issued, key_hash, iso_utc(clock.now())))
+
+
+async def list_api_keys(store: Store, project_id: str) -> list[KeyInfo]:
+    """A project's keys with their scopes (NotFound for a project that does not exist)."""
+    if not await store.fetch(sql.project_exists(project_id)):
+        raise NotFound(f"No project with id {project_id}")
+    return [
+        KeyInfo(key_id, parse_scopes(scopes), created_at, revoked_at)
+        for key_id, scopes, created_at, revoked_at in await store.fetch(sql.list_api_keys(project_id))
+    ]
 
 
 async def revoke_api_key(store: Store, clock: Clock, api_key_id: str) -> bool:

@@ -8,7 +8,7 @@ import hmac
 from dataclasses import dataclass
 
 from service.accounts import sql
-from service.accounts.model import Principal
+from service.accounts.model import Principal, parse_scopes
 from service.clock import Clock
 from service.crypto import API_KEY_PREFIX, hash_api_key
 from service.db.store import Store
@@ -80,7 +80,7 @@ class Authenticator:
         if not rows or not hmac.compare_digest(rows[0][2], key_hash):
             self._cache.pop(key_hash, None)
             return None
-        principal = Principal(project_id=rows[0][1], api_key_id=rows[0][0])
+        principal = Principal(project_id=rows[0][1], api_key_id=rows[0][0], scopes=parse_scopes(rows[0][3]))
         if self._cache_seconds > 0:
             if len(self._cache) > 10000:
                 self._cache.clear()

@@ -15,10 +15,18 @@ def project_exists(project_id: str) -> Fetch:
     return Fetch("SELECT id FROM projects WHERE id = ?", (project_id,))
 
 
-def insert_api_key(key_id: str, project_id: str, key_hash: str, created_at: str) -> Execute:
+def insert_api_key(key_id: str, project_id: str, key_hash: str, scopes: str, created_at: str) -> Execute:
     return Execute(
-        "INSERT INTO api_keys (id, project_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
-        (key_id, project_id, key_hash, created_at),
+        "INSERT INTO api_keys (id, project_id, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
+        (key_id, project_id, key_hash, scopes, created_at),
+    )
+
+
+def list_api_keys(project_id: str) -> Fetch:
+    """(id, scopes, created_at, revoked_at) of a project's keys, oldest first."""
+    return Fetch(
+        "SELECT id, scopes, created_at, revoked_at FROM api_keys WHERE project_id = ? ORDER BY created_at, id",
+        (project_id,),
     )
 
 
@@ -31,7 +39,8 @@ def revoke_api_key(key_id: str, revoked_at: str) -> Fetch:
 
 
 def find_active_api_key(key_hash: str) -> Fetch:
-    """(id, project_id, key_hash) of the unrevoked key with this hash, if any."""
+    """(id, project_id, key_hash, scopes) of the unrevoked key with this hash, if any."""
     return Fetch(
-        "SELECT id, project_id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+        "SELECT id, project_id, key_hash, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        (key_hash,),
     )

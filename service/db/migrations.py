@@ -78,12 +78,37 @@ MIGRATIONS: list[Migration] = [
         ("sqlite", "DROP INDEX outbox_pending"),
         ("sqlite", "DROP INDEX outbox_published"),
     ],
+    # Scoped API keys (every existing key keeps every scope), and numbered versions of a
+    # value: the current one stays in `secrets` (every existing value becomes version 1),
+    # the ones it replaced are kept in `secret_versions` until pruned.
+    [
+        "ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT 'secrets:manage secrets:read secrets:view'",
+        "ALTER TABLE secrets ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        """CREATE TABLE secret_versions (
+            secret_id TEXT NOT NULL REFERENCES secrets (id),
+            version INTEGER NOT NULL,
+            sealed_value {blob} NOT NULL,
+            key_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (secret_id, version)
+        ){without_rowid}""",
+    ],
 ]
 
 _TEMPLATES: dict[Dialect, dict[str, str]] = {
     # Names list in code-point order whatever the server's locale.
-    "sqlite": {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "binary_collation": ""},
-    "postgresql": {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY", "binary_collation": 'COLLATE "C"'},
+    "sqlite": {
+        "blob": "BLOB",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "binary_collation": "",
+        "without_rowid": " WITHOUT ROWID",
+    },
+    "postgresql": {
+        "blob": "BYTEA",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "binary_collation": 'COLLATE "C"',
+        "without_rowid": "",
+    },
 }
 
 # Replicas starting together must not migrate twice.

@@ -61,7 +61,9 @@ class DatabaseURL:
             return self.url
         netloc = parts.netloc.rpartition("@")
         user = netloc[0].partition(":")[0]
-        return urlunsplit((parts.scheme, f"{user}:********@{netloc[2]}", parts.path, parts.query, parts.fragment))
+        return urlunsplit(
+            (parts.scheme, f"{user}:********@{netloc[2]}", parts.path, parts.query, parts.fragment)
+        )
 
     def with_database(self, name: str) -> DatabaseURL:
         """The same server, another database (tests and tools make throwaway ones)."""

@@ -13,9 +13,14 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from service.errors import ServiceError
-from service.secrets.model import SecretRecord
+from service.secrets.model import SecretRecord, SecretValue
 
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+def tagged(version: int) -> dict[str, str]:
+    """Headers of an answer about one version of a secret: its ETag, and never cached."""
+    return {"ETag": f'"{version}"', **NO_STORE}
 
 
 class JSONResponse(_StarletteJSONResponse):
@@ -23,7 +28,7 @@ class JSONResponse(_StarletteJSONResponse):
         return orjson.dumps(content)
 
 
-def secret_metadata(record: SecretRecord) -> dict[str, str]:
+def secret_metadata(record: SecretRecord) -> dict[str, object]:
     """A secret as the API shows it (LangWatch's shape): never its value."""
     return {
         "id": record.id,
@@ -31,6 +36,18 @@ def secret_metadata(record: SecretRecord) -> dict[str, str]:
         "name": record.name,
         "createdAt": record.created_at,
         "updatedAt": record.updated_at,
+        "version": record.version,
+    }
+
+
+def secret_value(value: SecretValue) -> dict[str, object]:
+    """A value read, in LangWatch's shape ({name, value, updatedAt}) plus id and version."""
+    return {
+        "id": value.id,
+        "name": value.name,
+        "value": value.value,
+        "version": value.version,
+        "updatedAt": value.updated_at,
     }
 
 
@@ -40,7 +57,10 @@ def error_response(status_code: int, error: str, message: str) -> JSONResponse:
 
 async def service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status_code, exc.error, exc.message)
+    response = error_response(exc.status_code, exc.error, exc.message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

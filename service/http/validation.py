@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from service.errors import BadRequest, Unprocessable
-from service.secrets.model import NewSecret
+from service.secrets.model import IfMatch, NewSecret
 
 NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*")
 MAX_NAME_LENGTH = 255
@@ -47,6 +47,37 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
+
+
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e]*)"\s*')
+_VERSION = re.compile(r"[1-9][0-9]{0,15}")
+# The largest version the API documents (JSON's largest exact integer); far past any real one.
+MAX_VERSION = 2**53 - 1
+
+
+def parse_if_match(header: str | None) -> IfMatch | None:
+    """If-Match as RFC 9110 reads it: `*`, or entity tags compared strongly.
+
+    A weak tag, or anything that is not an entity tag at all, never matches: a
+    condition the server cannot read is a condition that does not hold (412).
+    """
+    if header is None:
+        return None
+    if header.strip() == "*":
+        return IfMatch(any=True)
+    versions: set[int] = set()
+    for item in header.split(","):
+        tag = _ENTITY_TAG.fullmatch(item)
+        if tag is not None and not tag.group(1) and _VERSION.fullmatch(tag.group(2)):
+            versions.add(int(tag.group(2)))
+    return IfMatch(frozenset(versions))
+
+
+def parse_version(text: str) -> int:
+    """A version number from a path or query."""
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
+        raise BadRequest(f"version must be an integer from 1 to {MAX_VERSION}")
+    return int(text)
 
 
 def parse_new_secret(data: dict[str, Any]) -> NewSecret:

@@ -27,10 +27,11 @@ def insert_secrets(rows: Sequence[tuple[SecretRecord, bytes]]) -> Execute:
             record.key_id,
             record.created_at,
             record.updated_at,
+            record.version,
         )
     return Execute(
-        "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at)"
-        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
+        "INSERT INTO secrets (id, project_id, name, sealed_value, key_id, created_at, updated_at, version)"
+        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
         " ON CONFLICT (project_id, name) DO NOTHING",
         params,
     )
@@ -50,24 +51,77 @@ def get_secret(project_id: str, secret_id: str) -> Fetch:
     )
 
 
-def get_sealed_value(project_id: str, secret_id: str) -> Fetch:
-    return Fetch("SELECT sealed_value FROM secrets WHERE id = ? AND project_id = ?", (secret_id, project_id))
+# The columns a locked row is read with before it changes (see lock_secret).
+LOCKED_COLUMNS = "version, sealed_value, key_id, name, created_at, updated_at"
 
 
-def update_secret_value(
-    project_id: str, secret_id: str, sealed: bytes, key_id: str, updated_at: str
-) -> Fetch:
+def lock_secret(project_id: str, secret_id: str) -> Fetch:
+    """The current row, locked until commit (concurrent writers of it queue here): LOCKED_COLUMNS."""
     return Fetch(
-        "UPDATE secrets SET sealed_value = ?, key_id = ?, updated_at = ?"
-        f" WHERE id = ? AND project_id = ? RETURNING {SECRET_COLUMNS}",
-        (sealed, key_id, updated_at, secret_id, project_id),
+        f"SELECT {LOCKED_COLUMNS} FROM secrets WHERE id = ? AND project_id = ?",
+        (secret_id, project_id),
+        for_update=True,
     )
 
 
-def delete_secret(project_id: str, secret_id: str) -> Fetch:
+def keep_version(secret_id: str, version: int, sealed: bytes, key_id: str, created_at: str) -> Execute:
+    """Keep a replaced value as a previous version."""
+    return Execute(
+        "INSERT INTO secret_versions (secret_id, version, sealed_value, key_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        (secret_id, version, sealed, key_id, created_at),
+    )
+
+
+def set_value(secret_id: str, sealed: bytes, key_id: str, version: int, updated_at: str) -> Execute:
+    return Execute(
+        "UPDATE secrets SET sealed_value = ?, key_id = ?, version = ?, updated_at = ? WHERE id = ?",
+        (sealed, key_id, version, updated_at, secret_id),
+    )
+
+
+def prune_versions(secret_id: str, below: int) -> Execute:
+    """Forget the previous versions older than `below` (their sealed values are scrubbed)."""
+    return Execute("DELETE FROM secret_versions WHERE secret_id = ? AND version < ?", (secret_id, below))
+
+
+def delete_versions(secret_id: str) -> Execute:
+    return Execute("DELETE FROM secret_versions WHERE secret_id = ?", (secret_id,))
+
+
+def delete_secret(secret_id: str) -> Execute:
+    return Execute("DELETE FROM secrets WHERE id = ?", (secret_id,))
+
+
+# The columns a value is read with: id, name, version, sealed_value, updated_at.
+
+
+def current_value_by_name(project_id: str, name: str) -> Fetch:
     return Fetch(
-        f"DELETE FROM secrets WHERE id = ? AND project_id = ? RETURNING {SECRET_COLUMNS}",
+        "SELECT id, name, version, sealed_value, updated_at FROM secrets WHERE project_id = ? AND name = ?",
+        (project_id, name),
+    )
+
+
+def current_value_by_id(project_id: str, secret_id: str) -> Fetch:
+    return Fetch(
+        "SELECT id, name, version, sealed_value, updated_at FROM secrets WHERE id = ? AND project_id = ?",
         (secret_id, project_id),
+    )
+
+
+def previous_value(secret_id: str, version: int) -> Fetch:
+    """A kept previous version: (sealed_value, created_at)."""
+    return Fetch(
+        "SELECT sealed_value, created_at FROM secret_versions WHERE secret_id = ? AND version = ?",
+        (secret_id, version),
+    )
+
+
+def previous_versions(secret_id: str) -> Fetch:
+    """(version, created_at) of the kept previous versions, newest first."""
+    return Fetch(
+        "SELECT version, created_at FROM secret_versions WHERE secret_id = ? ORDER BY version DESC",
+        (secret_id,),
     )
 
 
@@ -125,20 +179,51 @@ def prune_idempotency_keys(before: str) -> Execute:
     return Execute("DELETE FROM idempotency_keys WHERE created_at < ?", (before,))
 
 
-# Key rotation
+# Key rotation: the current values, then the previous versions, in key order so a pass
+# walks each table once (keyset pagination, no index on key_id to slow every create).
 
 
-def sealed_values_not_under(key_id: str, limit: int) -> Fetch:
-    """(id, project_id, name, sealed_value) of values whose data key another master key wraps."""
+def current_values_not_under(key_id: str, after: str, limit: int) -> Fetch:
+    """(id, project_id, name, version, sealed_value) of current values another master key wraps."""
     return Fetch(
-        "SELECT id, project_id, name, sealed_value FROM secrets WHERE key_id <> ? ORDER BY id LIMIT ?",
-        (key_id, limit),
+        "SELECT id, project_id, name, version, sealed_value FROM secrets"
+        " WHERE id > ? AND key_id <> ? ORDER BY id LIMIT ?",
+        (after, key_id, limit),
     )
 
 
-def replace_sealed_value(secret_id: str, old_sealed: bytes, sealed: bytes, key_id: str) -> Execute:
+def previous_values_not_under(key_id: str, after: tuple[str, int], limit: int) -> Fetch:
+    """(secret_id, project_id, name, version, sealed_value) of previous versions another master key wraps."""
+    return Fetch(
+        "SELECT v.secret_id, s.project_id, s.name, v.version, v.sealed_value"
+        " FROM secret_versions v JOIN secrets s ON s.id = v.secret_id"
+        " WHERE (v.secret_id > ? OR (v.secret_id = ? AND v.version > ?)) AND v.key_id <> ?"
+        " ORDER BY v.secret_id, v.version LIMIT ?",
+        (after[0], after[0], after[1], key_id, limit),
+    )
+
+
+def replace_current_value(secret_id: str, old_sealed: bytes, sealed: bytes, key_id: str) -> Execute:
     """Swap in a re-wrapped value, unless the value changed meanwhile (compare-and-set on the stored blob)."""
     return Execute(
         "UPDATE secrets SET sealed_value = ?, key_id = ? WHERE id = ? AND sealed_value = ?",
         (sealed, key_id, secret_id, old_sealed),
+    )
+
+
+def replace_previous_value(
+    secret_id: str, version: int, old_sealed: bytes, sealed: bytes, key_id: str
+) -> Execute:
+    return Execute(
+        "UPDATE secret_versions SET sealed_value = ?, key_id = ?"
+        " WHERE secret_id = ? AND version = ? AND sealed_value = ?",
+        (sealed, key_id, secret_id, version, old_sealed),
+    )
+
+
+def values_per_key_id() -> Fetch:
+    """(key_id, how many values it wraps): current values and previous versions together."""
+    return Fetch(
+        "SELECT key_id, COUNT(*) FROM (SELECT key_id FROM secrets UNION ALL SELECT key_id FROM secret_versions) AS v"
+        " GROUP BY key_id ORDER BY key_id"
     )

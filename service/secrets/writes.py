@@ -1,10 +1,15 @@
 """The write jobs on secrets, and their plans.
 
-Each job is made whole by the vault (ids, times, sealed value, event) and submitted
-to the group committer, which plans a run of jobs of one class together and commits
-many in one transaction. The plans follow the `WriteJob` protocol (service.db.plan):
-they only compute and yield statements, since on SQLite they run in the driver's
-thread with the write lock held.
+Each job is made whole by the vault (ids, times, the event, the sealed value of a
+create) and submitted to the group committer, which plans a run of jobs of one
+class together and commits many in one transaction. The plans follow the `WriteJob`
+protocol (service.db.plan): they only compute and yield statements, since on
+SQLite they run in the driver's thread with the write lock held.
+
+Computing includes sealing and opening values: a new version's number is known
+only once its row is locked inside the transaction, and its sealed value is bound
+to that number; a value read is audited in the same transaction that reads it,
+and only a value that opens gets its `secret.accessed` event.
 """
 
 from __future__ import annotations
@@ -14,12 +19,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from service.clock import later_than_text
+from service.crypto import Binding, DecryptionError, Keyring, seal, unseal
 from service.db.plan import Plan
-from service.errors import Conflict, NotFound, ServiceError, Unprocessable
+from service.errors import (
+    Conflict,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    SecretNotFound,
+    ServiceError,
+    Unprocessable,
+)
 from service.events.model import OutboxEvent
 from service.events.sql import insert_events
 from service.secrets import sql
-from service.secrets.model import Created, IdempotencyClaim, SecretRecord, secret_event
+from service.secrets.model import (
+    Created,
+    IdempotencyClaim,
+    IfMatch,
+    SecretRecord,
+    SecretValue,
+    accessed_event,
+    secret_event,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +56,27 @@ def conflict(name: str) -> Conflict:
 
 def not_found() -> NotFound:
     return NotFound("No such secret in this project")
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def precondition_failed(current: int | None) -> PreconditionFailed:
+    if current is None:
+        return PreconditionFailed("If-Match names a version, but there is no such secret in this project")
+    return PreconditionFailed(
+        f"The secret is at version {current}, which If-Match does not name", {"ETag": etag(current)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored value that did not open (a platform fault): the vault reports it, no event is written."""
+
+    secret_id: str
+    version: int
+    fault: str
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -122,36 +166,101 @@ class CreateSecret:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class UpdateSecret:
+    """A new version of a value: `value`, or (with `restore_from`) the value of an earlier version.
+
+    Without `if_match`, the last writer wins: concurrent updates each make their own
+    version, in commit order. With it, the update applies only to a version it names.
+    """
+
     project_id: str
     secret_id: str
-    sealed: bytes
-    key_id: str
+    value: str | None
+    keyring: Keyring
     at: str
     api_key_id: str
     request_id: str
+    versions_kept: int
+    if_match: IfMatch | None = None
+    restore_from: int | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = True
 
     def __repr__(self) -> str:
-        return f"UpdateSecret(secret_id={self.secret_id!r})"
+        return f"UpdateSecret(secret_id={self.secret_id!r}, restore_from={self.restore_from!r})"
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[UpdateSecret]) -> Plan[Sequence[SecretRecord | ServiceError]]:
         outcomes: list[SecretRecord | ServiceError] = []
         for job in jobs:
-            rows = yield sql.update_secret_value(
-                job.project_id, job.secret_id, job.sealed, job.key_id, job.at
-            )
-            if not rows:
-                outcomes.append(not_found())
-                continue
-            record = SecretRecord(*rows[0])
-            event = secret_event(
-                "secret.updated", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
-            )
-            yield insert_events([event])
-            outcomes.append(record)
+            outcomes.append((yield from job._plan()))
         return outcomes
+
+    def _plan(self) -> Plan[SecretRecord | ServiceError]:
+        rows = yield sql.lock_secret(self.project_id, self.secret_id)
+        if not rows:
+            return not_found() if self.if_match is None else precondition_failed(None)
+        version, sealed, key_id, name, created_at, updated_at = rows[0]
+        if self.if_match is not None and not self.if_match.allows(version):
+            return precondition_failed(version)
+        value = self.value
+        if self.restore_from is not None:
+            restored = yield from _value_of(
+                self.keyring, self.project_id, self.secret_id, name, version, self.restore_from, bytes(sealed)
+            )
+            if not isinstance(restored, str):
+                return restored
+            value = restored
+        assert value is not None
+        new_version = version + 1
+        at = later_than_text(self.at, updated_at)
+        new_sealed = seal(self.keyring, value, Binding(self.project_id, self.secret_id, name, new_version))
+        yield sql.keep_version(self.secret_id, version, sealed, key_id, updated_at)
+        yield sql.set_value(self.secret_id, new_sealed, self.keyring.primary_id, new_version, at)
+        yield sql.prune_versions(self.secret_id, new_version - self.versions_kept + 1)
+        record = SecretRecord(
+            self.secret_id, self.project_id, name, self.keyring.primary_id, created_at, at, new_version
+        )
+        event = secret_event(
+            "secret.updated",
+            record,
+            api_key_id=self.api_key_id,
+            request_id=self.request_id,
+            at=at,
+            restored_from=self.restore_from,
+        )
+        yield insert_events([event])
+        return record
+
+
+def _value_of(
+    keyring: Keyring,
+    project_id: str,
+    secret_id: str,
+    name: str,
+    current: int,
+    version: int,
+    current_sealed: bytes,
+) -> Plan[str | ServiceError]:
+    """The plaintext of one version of a locked secret (Gone once pruned)."""
+    if version == current:
+        sealed = current_sealed
+    elif not 1 <= version < current:
+        return _missing_version(version, current)
+    else:
+        rows = yield sql.previous_value(secret_id, version)
+        if not rows:
+            return _missing_version(version, current)
+        sealed = bytes(rows[0][0])
+    try:
+        return unseal(keyring, sealed, Binding(project_id, secret_id, name, version))
+    except DecryptionError:
+        return Unprocessable(f"Version {version} can no longer be read, so it cannot be restored")
+
+
+def _missing_version(version: int, current: int) -> ServiceError:
+    if 1 <= version < current:
+        return Gone(f"Version {version} is no longer kept")
+    return NotFound(f"This secret has no version {version}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +270,7 @@ class DeleteSecret:
     at: str
     api_key_id: str
     request_id: str
+    if_match: IfMatch | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = True
 
@@ -168,11 +278,19 @@ class DeleteSecret:
     def plan_batch(cls, jobs: Sequence[DeleteSecret]) -> Plan[Sequence[SecretRecord | ServiceError]]:
         outcomes: list[SecretRecord | ServiceError] = []
         for job in jobs:
-            rows = yield sql.delete_secret(job.project_id, job.secret_id)
+            rows = yield sql.lock_secret(job.project_id, job.secret_id)
             if not rows:
-                outcomes.append(not_found())
+                outcomes.append(not_found() if job.if_match is None else precondition_failed(None))
                 continue
-            record = SecretRecord(*rows[0])
+            version, _sealed, key_id, name, created_at, updated_at = rows[0]
+            if job.if_match is not None and not job.if_match.allows(version):
+                outcomes.append(precondition_failed(version))
+                continue
+            yield sql.delete_versions(job.secret_id)
+            yield sql.delete_secret(job.secret_id)
+            record = SecretRecord(
+                job.secret_id, job.project_id, name, key_id, created_at, updated_at, version
+            )
             event = secret_event(
                 "secret.deleted", record, api_key_id=job.api_key_id, request_id=job.request_id, at=job.at
             )
@@ -180,3 +298,67 @@ class DeleteSecret:
             yield sql.add_to_secret_counts({job.project_id: -1})
             outcomes.append(record)
         return outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadValue:
+    """A value read and its audit event, committed together: no value leaves without its event.
+
+    By `name` or `secret_id`; `version` None is the current one.
+    """
+
+    project_id: str
+    keyring: Keyring
+    at: str
+    api_key_id: str
+    request_id: str
+    name: str | None = None
+    secret_id: str | None = None
+    version: int | None = None
+    writes_events: ClassVar[bool] = True
+    scrubs_old_values: ClassVar[bool] = False
+
+    @classmethod
+    def plan_batch(cls, jobs: Sequence[ReadValue]) -> Plan[Sequence[SecretValue | Unreadable | ServiceError]]:
+        outcomes: list[SecretValue | Unreadable | ServiceError] = []
+        events: list[OutboxEvent] = []
+        for job in jobs:
+            outcome = yield from job._plan()
+            if isinstance(outcome, SecretValue):
+                events.append(
+                    accessed_event(
+                        job.project_id,
+                        outcome.id,
+                        outcome.name,
+                        outcome.version,
+                        api_key_id=job.api_key_id,
+                        request_id=job.request_id,
+                        at=job.at,
+                    )
+                )
+            outcomes.append(outcome)
+        if events:
+            yield insert_events(events)
+        return outcomes
+
+    def _plan(self) -> Plan[SecretValue | Unreadable | ServiceError]:
+        if self.name is not None:
+            rows = yield sql.current_value_by_name(self.project_id, self.name)
+        else:
+            assert self.secret_id is not None
+            rows = yield sql.current_value_by_id(self.project_id, self.secret_id)
+        if not rows:
+            return SecretNotFound("No such secret in this project")
+        secret_id, name, current, sealed, updated_at = rows[0]
+        version = current if self.version is None else self.version
+        if version != current:
+            previous = (yield sql.previous_value(secret_id, version)) if 1 <= version < current else []
+            if not previous:
+                missing = _missing_version(version, current)
+                return SecretNotFound(missing.message) if isinstance(missing, NotFound) else missing
+            sealed, updated_at = previous[0]
+        try:
+            value = unseal(self.keyring, bytes(sealed), Binding(self.project_id, secret_id, name, version))
+        except DecryptionError as exc:
+            return Unreadable(secret_id, version, str(exc))
+        return SecretValue(secret_id, name, value, version, updated_at)

@@ -28,7 +28,9 @@ class HeldStore:
     """Answers key lookups from `rows`, each held until `release` is set."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str]] = [("key-1", "project-1", KEY_HASH)]
+        self.rows: list[tuple[str, str, str, str]] = [
+            ("key-1", "project-1", KEY_HASH, "secrets:manage secrets:read secrets:view")
+        ]
         self.lookups = 0
         self.release = asyncio.Event()
         self.fail: Exception | None = None

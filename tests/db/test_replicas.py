@@ -132,6 +132,44 @@ async def test_one_name_raced_across_replicas_gives_one_201(cluster: Any) -> Non
     assert sorted(r.status_code for r in responses) == [201] + [409] * 49
 
 
+async def test_one_if_match_raced_across_replicas_gives_one_200(cluster: Any) -> None:
+    replicas, project, _ = cluster
+    headers = {"X-Auth-Token": project["apiKey"]}
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(
+            f"{replicas[0].url}/api/secrets", json={"name": "GUARDED", "value": "v1"}, headers=headers
+        )
+        secret_id = created.json()["id"]
+        responses = await asyncio.gather(
+            *(
+                client.put(
+                    f"{replicas[i % len(replicas)].url}/api/secrets/{secret_id}",
+                    json={"value": f"writer-{i}"},
+                    headers={**headers, "If-Match": '"1"'},
+                )
+                for i in range(50)
+            )
+        )
+        # Without If-Match the last writer wins, and every writer gets its own version.
+        unconditional = await asyncio.gather(
+            *(
+                client.put(
+                    f"{replicas[i % len(replicas)].url}/api/secrets/{secret_id}",
+                    json={"value": f"later-{i}"},
+                    headers=headers,
+                )
+                for i in range(30)
+            )
+        )
+        current = await client.get(f"{replicas[1].url}/api/secrets/{secret_id}/value", headers=headers)
+    assert sorted(r.status_code for r in responses) == [200] + [412] * 49
+    assert all(r.headers["etag"] == '"2"' for r in responses)
+    assert sorted(r.json()["version"] for r in unconditional) == list(range(3, 33))
+    last = max(unconditional, key=lambda r: r.json()["version"])
+    assert current.json()["version"] == 32
+    assert current.json()["value"] == f"later-{unconditional.index(last)}"
+
+
 async def test_events_flow_once_in_order_and_survive_the_relay_dying(
     cluster: Any, kafka_bootstrap: str
 ) -> None:

@@ -32,7 +32,17 @@ from tests.support.waiting import poll_until
 pytestmark = pytest.mark.kafka
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "content-type"}
-EVENT_FIELDS = {"secretId", "projectId", "name", "createdAt", "updatedAt", "keyId", "actor", "requestId"}
+EVENT_FIELDS = {
+    "secretId",
+    "projectId",
+    "name",
+    "createdAt",
+    "updatedAt",
+    "version",
+    "keyId",
+    "actor",
+    "requestId",
+}
 
 
 class App:
@@ -158,6 +168,7 @@ async def test_n_creates_give_n_cloudevents_without_the_value(
         assert event["createdAt"] == body["createdAt"]
         assert event["updatedAt"] == body["updatedAt"]
         assert event["keyId"] == "test1"
+        assert event["version"] == 1
         assert event["actor"] == {"apiKeyId": app.project["apiKeyId"]}
         assert event["requestId"] == request_id
     assert len(set(ids)) == n, "ce_id values are not unique"
@@ -254,6 +265,7 @@ async def test_events_of_one_secret_arrive_in_order(start_app: AppFactory, kafka
         assert events[1]["updatedAt"] <= events[2]["updatedAt"]
         assert events[1]["createdAt"] == events[0]["createdAt"]
         assert "deletedAt" in events[3]
+        assert [e["version"] for e in events] == [1, 2, 3, 3], "each event names the version it is about"
 
 
 async def test_creates_succeed_while_kafka_is_down_and_their_events_follow(

@@ -22,7 +22,9 @@ async def test_create_returns_metadata_never_the_value(
     response = await create(client, project, value=CANARY)
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "projectId", "name", "createdAt", "updatedAt"}
+    assert set(body) == {"id", "projectId", "name", "createdAt", "updatedAt", "version"}
+    assert body["version"] == 1
+    assert response.headers["etag"] == '"1"'
     assert body["projectId"] == project["projectId"]
     assert body["name"] == "OPENAI_API_KEY"
     assert ISO_UTC.fullmatch(body["createdAt"]) and ISO_UTC.fullmatch(body["updatedAt"])
@@ -123,9 +125,10 @@ async def test_missing_or_invalid_key_is_401(
 ) -> None:
     response = await client.post("/api/secrets", json={"name": "A", "value": "v"}, headers=headers)
     assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == {
         "error": "Unauthorized",
-        "message": "A valid project API key is required in the X-Auth-Token header",
+        "message": "A valid project API key is required, as X-Auth-Token: sk-lw-... or Authorization: Bearer sk-lw-...",
     }
 
 

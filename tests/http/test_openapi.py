@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import httpx
 import pytest
 import yaml
@@ -23,23 +25,31 @@ def test_vendored_contract_is_the_shared_one() -> None:
 
 
 @pytest.mark.asyncio
-async def test_create_operation_agrees_with_the_contract(client: httpx.AsyncClient) -> None:
+async def test_create_operation_is_the_contract_plus_what_the_readme_lists(client: httpx.AsyncClient) -> None:
+    """LangWatch's POST /api/secrets, with the additions the README names and nothing else:
+    the 255-character name limit, `version` in the metadata, and more answers (403, 413, 503)."""
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     served = response.json()
     contract = _contract()
-    ours = served["paths"]["/api/secrets"]["post"]
+    ours = copy.deepcopy(served["paths"]["/api/secrets"]["post"])
     theirs = contract["paths"]["/api/secrets"]["post"]
 
+    name = ours["requestBody"]["content"]["application/json"]["schema"]["properties"]["name"]
+    assert name.pop("maxLength") == 255
     assert ours["requestBody"]["content"] == theirs["requestBody"]["content"]
     for status, response_spec in theirs["responses"].items():
         assert status in ours["responses"], status
-        assert ours["responses"][status]["content"] == response_spec["content"], status
+        content = ours["responses"][status]["content"]
+        properties = content["application/json"]["schema"].get("properties", {})
+        if status == "201":
+            assert properties.pop("version")["type"] == "integer"
+        assert content == response_spec["content"], status
+    assert set(ours["responses"]) - set(theirs["responses"]) == {"403", "413", "503"}
     assert served["components"]["securitySchemes"]["project_api_key"]["name"] == "X-Auth-Token"
     assert served["security"] == contract["security"]
 
 
-@pytest.mark.asyncio
 async def test_every_route_is_described(client: httpx.AsyncClient) -> None:
     from service.http.routes import routes
 

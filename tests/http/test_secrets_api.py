@@ -19,10 +19,10 @@ from tests.support.clock import FakeClock
 from tests.support.database import events_for, query, stored_value
 from tests.support.leaks import CANARY
 
-METADATA_FIELDS = {"id", "projectId", "name", "createdAt", "updatedAt"}
+METADATA_FIELDS = {"id", "projectId", "name", "createdAt", "updatedAt", "version"}
 UNAUTHORIZED = {
     "error": "Unauthorized",
-    "message": "A valid project API key is required in the X-Auth-Token header",
+    "message": "A valid project API key is required, as X-Auth-Token: sk-lw-... or Authorization: Bearer sk-lw-...",
 }
 QUOTA = 3
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from service.crypto import (
+    Binding,
     DecryptionError,
     Keyring,
-    associated_data,
     generate_master_key_entry,
     sealed_key_id,
     unseal,
@@ -34,7 +34,9 @@ async def _stored(settings: Settings, project_id: str, secret_id: str) -> bytes:
 
 async def _rewrap(settings: Settings) -> int:
     async with open_store(settings.database) as store:
-        return await rewrap_all(store, Keyring.parse(settings.master_keys.reveal()))
+        done = await rewrap_all(store, Keyring.parse(settings.master_keys.reveal()))
+    assert done.remaining == {}, "every value is under the primary key after a rewrap"
+    return done.rewrapped
 
 
 async def test_stored_value_opens_only_for_its_row(
@@ -48,19 +50,17 @@ async def test_stored_value_opens_only_for_its_row(
     sealed = await _stored(settings, project["projectId"], created["id"])
     keyring = Keyring.parse(settings.master_keys.reveal())
 
-    assert sealed[0] == 1, "format version"
+    assert sealed[0] == 2, "format version"
     assert sealed_key_id(sealed) == "test1"
     assert CANARY.encode() not in sealed
-    assert (
-        unseal(keyring, sealed, associated_data(project["projectId"], created["id"], "DB_PASSWORD")) == CANARY
-    )
+    assert unseal(keyring, sealed, Binding(project["projectId"], created["id"], "DB_PASSWORD", 1)) == CANARY
     with pytest.raises(DecryptionError):
-        unseal(keyring, sealed, associated_data("project_other", created["id"], "DB_PASSWORD"))
+        unseal(keyring, sealed, Binding("project_other", created["id"], "DB_PASSWORD", 1))
     with pytest.raises(DecryptionError):
-        unseal(keyring, sealed, associated_data(project["projectId"], created["id"], "OTHER_NAME"))
+        unseal(keyring, sealed, Binding(project["projectId"], created["id"], "OTHER_NAME", 1))
     other_keyring = Keyring.parse(generate_master_key_entry("test1"))
     with pytest.raises(DecryptionError):
-        unseal(other_keyring, sealed, associated_data(project["projectId"], created["id"], "DB_PASSWORD"))
+        unseal(other_keyring, sealed, Binding(project["projectId"], created["id"], "DB_PASSWORD", 1))
 
 
 async def test_canary_appears_nowhere_in_plaintext(
@@ -133,5 +133,5 @@ async def test_rotating_the_master_key_keeps_every_value_readable(
     for i, secret_id in enumerate(ids):
         sealed = await _stored(settings, project["projectId"], secret_id)
         assert sealed_key_id(sealed) == "test2"
-        aad = associated_data(project["projectId"], secret_id, f"ROT_{i}")
+        aad = Binding(project["projectId"], secret_id, f"ROT_{i}", 1)
         assert unseal(new_only, sealed, aad) == f"value-{i}"

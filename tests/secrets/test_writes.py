@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+
+from service.crypto import Binding, DecryptionError, Keyring, generate_master_key_entry, unseal
 from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, batch_plan
-from service.errors import Conflict, NotFound, Unprocessable
-from service.secrets.model import Created, IdempotencyClaim, SecretRecord, secret_event
+from service.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
+from service.secrets.model import Created, IdempotencyClaim, IfMatch, SecretRecord, secret_event
 from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, UpdateSecret
 
 AT = "2030-01-01T00:00:00.000Z"
@@ -66,7 +69,7 @@ class CannedDatabase:
             assert isinstance(statement, Execute)
             params = list(statement.params)
             count = 0
-            for i in range(0, len(params), 7):
+            for i in range(0, len(params), 8):
                 secret_id, project_id, name = params[i], params[i + 1], params[i + 2]
                 if (project_id, name) not in self.taken:
                     self.taken.add((project_id, name))
@@ -102,7 +105,7 @@ def test_two_creates_of_one_name_in_a_batch_give_one_secret_and_one_conflict() -
     assert outcomes[0] == Created(jobs[0].record)
     assert isinstance(outcomes[1], Conflict)
     (insert,) = statements_like(statements, "INSERT INTO secrets")
-    assert len(insert.params) == 7, "only the first of the two goes to the database"
+    assert len(insert.params) == 8, "only the first of the two goes to the database"
     (events,) = statements_like(statements, "INSERT INTO outbox")
     assert jobs[0].event.event_id in events.params and jobs[1].event.event_id not in events.params
     (counts,) = statements_like(statements, "UPDATE projects")
@@ -158,52 +161,114 @@ def test_a_create_over_the_quota_releases_its_claim_so_a_retry_is_refused_again(
     assert not statements_like(statements, "INSERT INTO secrets")
 
 
-RECORD = SecretRecord("s1", "p1", "NAME", "k1", AT, AT)
+KEYRING = Keyring.parse(generate_master_key_entry("k1"))
+RECORD = SecretRecord("s1", "p1", "NAME", "k1", AT, AT, 1)
 
 
-def update_job() -> UpdateSecret:
-    return UpdateSecret("p1", "s1", b"new", "k1", "2030-01-01T00:00:01.000Z", "key-1", "r1")
+class OneSecret:
+    """Answers the update and delete plans as a database holding one secret (at `version`)."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version: int | None = version
+        self.kept: list[int] = []
+        self.pruned_below = 0
+
+    def __call__(self, statement: Statement) -> Any:
+        sql = statement.sql
+        if sql.startswith("SELECT version, sealed_value"):
+            assert isinstance(statement, Fetch) and statement.for_update, (
+                "the row is locked before it changes"
+            )
+            if self.version is None:
+                return []
+            return [(self.version, b"sealed", "k1", "NAME", AT, AT)]
+        if sql.startswith("INSERT INTO secret_versions"):
+            self.kept.append(statement.params[1])  # type: ignore[index]
+        elif sql.startswith("UPDATE secrets SET sealed_value"):
+            self.version = statement.params[2]  # type: ignore[index]
+        elif sql.startswith("DELETE FROM secret_versions WHERE secret_id = ? AND version <"):
+            self.pruned_below = statement.params[1]  # type: ignore[index]
+        elif sql.startswith("DELETE FROM secrets"):
+            self.version = None
+        return 1
 
 
-def delete_job() -> DeleteSecret:
-    return DeleteSecret("p1", "s1", "2030-01-01T00:00:02.000Z", "key-1", "r2")
+def update_job(if_match: IfMatch | None = None, kept: int = 10) -> UpdateSecret:
+    return UpdateSecret(
+        "p1", "s1", "new value", KEYRING, "2030-01-01T00:00:01.000Z", "key-1", "r1", kept, if_match
+    )
+
+
+def delete_job(if_match: IfMatch | None = None) -> DeleteSecret:
+    return DeleteSecret("p1", "s1", "2030-01-01T00:00:02.000Z", "key-1", "r2", if_match)
+
+
+def event_types(statements: Sequence[Statement]) -> list[str]:
+    return [s.params[1] for s in statements if s.sql.startswith("INSERT INTO outbox")]  # type: ignore[index]
+
+
+def test_updates_of_one_secret_in_a_batch_make_consecutive_versions_each_sealed_for_its_own() -> None:
+    database = OneSecret(version=3)
+
+    outcomes, statements = run(batch_plan([update_job(), update_job()]), database)
+
+    assert [o.version for o in outcomes] == [4, 5]
+    assert database.kept == [3, 4], "each replaced version is kept"
+    sealed = [s.params[0] for s in statements if s.sql.startswith("UPDATE secrets SET sealed_value")]  # type: ignore[index]
+    assert unseal(KEYRING, sealed[0], Binding("p1", "s1", "NAME", 4)) == "new value"
+    with pytest.raises(DecryptionError):
+        unseal(KEYRING, sealed[0], Binding("p1", "s1", "NAME", 5))
+    assert event_types(statements) == ["secret.updated", "secret.updated"]
+
+
+def test_versions_past_the_kept_number_are_pruned() -> None:
+    database = OneSecret(version=7)
+
+    run(UpdateSecret.plan_batch([update_job(kept=3)]), database)
+
+    assert database.version == 8
+    assert database.pruned_below == 6, "versions 6, 7 and 8 are kept"
+
+
+def test_if_match_lets_one_of_two_updates_naming_one_version_through() -> None:
+    database = OneSecret(version=2)
+    both = [update_job(IfMatch(frozenset({2}))), update_job(IfMatch(frozenset({2})))]
+
+    outcomes, statements = run(UpdateSecret.plan_batch(both), database)
+
+    assert outcomes[0].version == 3
+    assert isinstance(outcomes[1], PreconditionFailed)
+    assert outcomes[1].headers == {"ETag": '"3"'}
+    assert event_types(statements) == ["secret.updated"]
 
 
 def test_an_update_then_a_delete_of_one_secret_in_a_batch_both_commit_in_order() -> None:
-    row = {"exists": True}
+    database = OneSecret(version=1)
 
-    def answer(statement: Statement) -> Any:
-        if statement.sql.startswith(("UPDATE secrets", "DELETE FROM secrets")):
-            if not row["exists"]:
-                return []
-            if statement.sql.startswith("DELETE"):
-                row["exists"] = False
-            return [tuple(getattr(RECORD, f) for f in RECORD.__slots__)]
-        return 1
+    outcomes, statements = run(batch_plan([update_job(), delete_job()]), database)
 
-    outcomes, statements = run(batch_plan([update_job(), delete_job()]), answer)
-
-    assert outcomes == [RECORD, RECORD]
-    events = [s for s in statements if s.sql.startswith("INSERT INTO outbox")]
-    assert [e.params[1] for e in events] == ["secret.updated", "secret.deleted"]
+    assert outcomes[0].version == 2
+    assert outcomes[1].version == 2, "the delete saw the update"
+    assert event_types(statements) == ["secret.updated", "secret.deleted"]
     (count,) = statements_like(statements, "UPDATE projects")
     assert list(count.rows) == [(-1, "p1")]  # type: ignore[union-attr]
 
 
 def test_an_update_after_a_delete_in_the_same_batch_is_not_found_and_emits_nothing() -> None:
-    row = {"exists": True}
+    database = OneSecret(version=1)
 
-    def answer(statement: Statement) -> Any:
-        if statement.sql.startswith(("UPDATE secrets", "DELETE FROM secrets")):
-            if not row["exists"]:
-                return []
-            row["exists"] = False
-            return [tuple(getattr(RECORD, f) for f in RECORD.__slots__)]
-        return 1
+    outcomes, statements = run(batch_plan([delete_job(), update_job()]), database)
 
-    outcomes, statements = run(batch_plan([delete_job(), update_job()]), answer)
-
-    assert outcomes[0] == RECORD
+    assert outcomes[0].version == 1
     assert isinstance(outcomes[1], NotFound)
-    events = [s for s in statements if s.sql.startswith("INSERT INTO outbox")]
-    assert [e.params[1] for e in events] == ["secret.deleted"]
+    assert event_types(statements) == ["secret.deleted"]
+
+
+def test_a_delete_naming_a_stale_version_changes_nothing() -> None:
+    database = OneSecret(version=4)
+
+    outcomes, statements = run(DeleteSecret.plan_batch([delete_job(IfMatch(frozenset({3})))]), database)
+
+    assert isinstance(outcomes[0], PreconditionFailed)
+    assert database.version == 4
+    assert event_types(statements) == []

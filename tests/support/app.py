@@ -92,3 +92,12 @@ async def listed(client: httpx.AsyncClient, project: dict[str, str]) -> list[dic
     assert response.status_code == 200
     body: list[dict[str, Any]] = response.json()
     return body
+
+
+async def issue_key(settings: Settings, project_id: str, *scopes: str) -> dict[str, Any]:
+    """Another key for the project, holding `scopes`, as `keys issue --scope ...` prints it."""
+    async with open_store(settings.database, settings.sqlite_synchronous) as store:
+        issued = await admin.issue_api_key(
+            store, settings.api_key_hash_key.reveal(), SystemClock(), project_id, scopes
+        )
+    return issued.to_json()

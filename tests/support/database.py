@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from service.crypto import Keyring, associated_data, unseal
+from service.crypto import Binding, Keyring, unseal
 from service.db.dialect import open_database
 from service.db.plan import Execute, Fetch, single
 from service.db.store import Database
@@ -80,18 +80,17 @@ async def pending_events(settings: Settings) -> int:
 
 
 async def stored_value(settings: Settings, secret: dict[str, Any]) -> str:
-    """The stored ciphertext of a secret, opened with the service's keys and the row it is bound to."""
+    """The stored ciphertext of a secret's current value, opened with the service's keys and the row it is bound to."""
     rows = await query(
         settings,
-        "SELECT sealed_value FROM secrets WHERE id = ? AND project_id = ?",
+        "SELECT sealed_value, version FROM secrets WHERE id = ? AND project_id = ?",
         secret["id"],
         secret["projectId"],
     )
     assert rows, "no such secret stored"
     keyring = Keyring.parse(settings.master_keys.reveal())
-    return unseal(
-        keyring, bytes(rows[0][0]), associated_data(secret["projectId"], secret["id"], secret["name"])
-    )
+    binding = Binding(secret["projectId"], secret["id"], secret["name"], rows[0][1])
+    return unseal(keyring, bytes(rows[0][0]), binding)
 
 
 async def events_for(settings: Settings, secret_id: str) -> list[str]:
