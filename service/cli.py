@@ -20,16 +20,42 @@ import uvicorn
 
 from service.accounts.model import SCOPES
 from service.clock import SystemClock
-from service.settings import ConfigurationError, Settings
+from service.errors import ServiceError
+from service.settings import ConfigurationError, Settings, read_env_file
+
+# The keys each command needs, by variable; a command not listed here needs every one.
+# An audit host, or an operator revoking a key, never has to hold the master keys.
+_KEYS_NEEDED: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("migrate", None): (),
+    ("projects", "create"): ("API_KEY_HASH_KEY",),
+    ("keys", "issue"): ("API_KEY_HASH_KEY",),
+    ("keys", "list"): (),
+    ("keys", "revoke"): (),
+    ("keys", "rewrap"): ("SECRETS_MASTER_KEYS",),
+    ("keys", "status"): ("SECRETS_MASTER_KEYS",),
+    ("audit-consume", None): (),
+}
+# Commands that run until stopped log at LOG_LEVEL; the others keep stderr for errors unless --verbose.
+_LONG_RUNNING = {"serve", "audit-consume"}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secrets-service", description=__doc__)
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="read settings from this NAME=value file too (default: $SECRETS_ENV_FILE); "
+        "variables already in the environment win",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="one-shot commands: log at LOG_LEVEL on stderr"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
-    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--host", default=None, help="default: $HOST, else 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: $PORT, else 8000")
     serve.add_argument("--graceful-shutdown-seconds", type=float, default=10.0)
 
     commands.add_parser("migrate", help="apply pending database migrations")
@@ -40,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     create_project = projects.add_parser(
         "create", help="create a project and its first API key (printed once)"
     )
-    create_project.add_argument("name")
+    create_project.add_argument("name", help="a label for people; not empty")
 
     keys = commands.add_parser("keys", help="master keys and API keys").add_subparsers(
         dest="action", required=True
@@ -78,35 +104,74 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "keys" and args.action == "generate":
-        return _generate_key(args)
+        return _generate_key(parser, args)
     try:
-        settings = Settings.from_env()
+        settings = _settings(args)
+        level = settings.logging_level if args.command in _LONG_RUNNING or args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return _run(settings, args)
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.logging_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings from the environment, over those of the env file; only the keys this command needs."""
+    env: dict[str, str] = dict(os.environ)
+    env_file = args.env_file
+    if env_file is None and "SECRETS_ENV_FILE" in env:
+        if not env["SECRETS_ENV_FILE"].strip():
+            raise ConfigurationError("SECRETS_ENV_FILE is set but empty (unset it, or name a file)")
+        env_file = Path(env["SECRETS_ENV_FILE"].strip())
+    if env_file is not None:
+        env = {**read_env_file(env_file), **env}
+    needed = _KEYS_NEEDED.get((args.command, getattr(args, "action", None)))
+    return Settings.from_env(env, require=needed)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(settings, args)
     if args.command == "audit-consume":
-        from service.events.audit import consume
+        return _audit_consume(settings, args)
+    return asyncio.run(_admin(settings, args))
 
+
+def _audit_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from service.events.audit import consume
+
+    try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
                 consume(settings.kafka, settings.kafka_topic, args.output, args.group, args.idle_exit_seconds)
             )
-        return 0
-    return asyncio.run(_admin(settings, args))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        print(
+            f"error: cannot consume {settings.kafka_topic} from {settings.kafka_bootstrap_servers}"
+            f" ({type(exc).__name__}); check KAFKA_BOOTSTRAP_SERVERS, and that KAFKA_TOPIC exists",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
-def _generate_key(args: argparse.Namespace) -> int:
+def _generate_key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from service.crypto import generate_master_key_entry
 
     if args.hash_key:
         print(base64.b64encode(os.urandom(32)).decode())
-    else:
+        return 0
+    try:
         print(generate_master_key_entry(args.key_id or datetime.now(UTC).strftime("k%Y%m%d%H%M%S")))
+    except ValueError as exc:
+        parser.error(f"--key-id: {exc}")
     return 0
 
 
@@ -121,12 +186,15 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({"applied": await _migrate(settings)}))
         return 0
     clock = SystemClock()
-    hash_key = settings.api_key_hash_key.reveal()
+    if args.command == "projects":
+        admin.project_name(args.name)  # refused before the database is touched
     async with open_store(settings.database, settings.sqlite_synchronous) as store:
         if args.command == "projects":
+            hash_key = settings.api_key_hash_key.reveal()
             print(json.dumps((await admin.create_project(store, hash_key, clock, args.name)).to_json()))
             return 0
         if args.action == "issue":
+            hash_key = settings.api_key_hash_key.reveal()
             scopes = args.scopes or SCOPES
             print(
                 json.dumps(
@@ -173,8 +241,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(
         create_app(settings),
-        host=args.host,
-        port=args.port,
+        host=args.host or settings.host,
+        port=settings.port if args.port is None else args.port,
         loop="uvloop",
         http="httptools",
         lifespan="on",

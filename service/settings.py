@@ -1,8 +1,14 @@
 """Configuration from environment variables, checked once at startup.
 
 Each setting is declared once, below, with its variable, its default and its
-parser; `Settings.from_env` reads them all. A missing or malformed setting is a
-ConfigurationError whose message names the variable and never its value.
+parser; `Settings.from_env` reads them all. An unset variable takes its default;
+a set one must parse, and a set but empty one is malformed. A missing or malformed
+setting is a ConfigurationError whose message names the variable and never its value.
+
+A secret setting (one whose parsed value is a `Secret`) may instead be read from a
+file named by `NAME_FILE`, which is how Docker and Kubernetes mount secrets. Keys
+without a default are required only by the commands that use them: an audit host
+needs no master key (`from_env(require=...)`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from service.crypto import Keyring
 from service.db.url import DatabaseURL
@@ -44,6 +54,22 @@ class Secret(Generic[T]):
 
     def __str__(self) -> str:
         return "**********"
+
+
+class _NotSet(Secret[Any]):
+    """A key this command did not ask for: revealing it is the missing-setting error, raised late."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(None)
+        self._name = name
+
+    def reveal(self) -> Any:
+        raise ConfigurationError(f"{self._name} is required (or {self._name}_FILE; see config/example.env)")
+
+    def __repr__(self) -> str:
+        return "Secret(<not set>)"
 
 
 Parser = Callable[[str], Any]
@@ -113,6 +139,17 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _secret_text(raw: str) -> Secret[str]:
+    return Secret(_text(raw))
+
+
+def _port(raw: str) -> int:
+    port = _at_least(1, int)(raw)
+    if port > 65535:
+        raise ValueError("must be a port number, 1-65535")
+    return int(port)
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -121,6 +158,10 @@ class Settings:
     master_keys: Secret[str] = _setting("SECRETS_MASTER_KEYS", parse=_master_keys)
     api_key_hash_key: Secret[bytes] = _setting("API_KEY_HASH_KEY", parse=_hash_key)
     database_url: str = _setting("DATABASE_URL", "sqlite:///./data/secrets.db", _database_url)
+    # PostgreSQL's password kept out of DATABASE_URL (so that it can come from DATABASE_PASSWORD_FILE).
+    database_password: Secret[str] | None = _setting("DATABASE_PASSWORD", None, _secret_text)
+    host: str = _setting("HOST", "127.0.0.1", _text)
+    port: int = _setting("PORT", 8000, _port)
     kafka_bootstrap_servers: str = _setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", _bootstrap_servers)
     kafka_topic: str = _setting("KAFKA_TOPIC", "secret-events", _text)
     kafka_topic_partitions: int = _setting("KAFKA_TOPIC_PARTITIONS", 6, _at_least(1, int))
@@ -140,25 +181,53 @@ class Settings:
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of(*LOG_LEVELS))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require: Collection[str] | None = None
+    ) -> Settings:
+        """Every setting from `env` (default: the process environment).
+
+        `require` names the settings without a default that the caller needs (None: all of
+        them); one it does not name may stay unset, and fails only if it is used.
+        """
         env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             name = field.metadata["env"]
-            raw = env.get(name, "")
-            if not raw.strip():
+            secret = _holds_secret(hints[field.name])
+            raw = _read(env, name, secret)
+            if raw is None:
                 if field.default is dataclasses.MISSING:
-                    raise ConfigurationError(f"{name} is required (see config/example.env)")
+                    if secret and require is not None and name not in require:
+                        values[field.name] = _NotSet(name)
+                        continue
+                    also = f" (or {name}_FILE)" if secret else ""
+                    raise ConfigurationError(f"{name} is required{also}; see config/example.env")
                 continue
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{name} {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        settings.database  # noqa: B018 -- DATABASE_URL and DATABASE_PASSWORD must agree
+        return settings
 
     @property
     def database(self) -> DatabaseURL:
-        return DatabaseURL.parse(self.database_url)
+        url = DatabaseURL.parse(self.database_url)
+        if self.database_password is None:
+            return url
+        parts = urlsplit(url.url)
+        if url.dialect != "postgresql":
+            raise ConfigurationError("DATABASE_PASSWORD applies to a postgresql DATABASE_URL only")
+        if parts.password is not None:
+            raise ConfigurationError("DATABASE_PASSWORD is set and DATABASE_URL has a password too: keep one")
+        user, at, host = parts.netloc.rpartition("@")
+        if not at or not user:
+            raise ConfigurationError("DATABASE_PASSWORD needs a user name in DATABASE_URL (user@host)")
+        password = quote(self.database_password.reveal(), safe="")
+        netloc = f"{user}:{password}@{host}"
+        return DatabaseURL(urlunsplit(parts._replace(netloc=netloc)), url.dialect)
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -169,3 +238,73 @@ class Settings:
     @property
     def logging_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _holds_secret(hint: Any) -> bool:
+    """Whether a field's type is a Secret (or an optional one)."""
+    if hint is Secret or typing.get_origin(hint) is Secret:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_holds_secret(arg) for arg in typing.get_args(hint))
+    return False
+
+
+def _read(env: Mapping[str, str], name: str, secret: bool) -> str | None:
+    """The raw text of a setting, from NAME or (secret settings only) the file NAME_FILE; None when unset."""
+    file_name = name + "_FILE"
+    value, path = env.get(name), env.get(file_name)
+    if path is not None and not secret:
+        raise ConfigurationError(
+            f"{file_name} is not supported: {name} is not a secret setting, set it directly"
+        )
+    if value is not None and path is not None:
+        raise ConfigurationError(f"{name} and {file_name} are both set: keep one")
+    if path is not None:
+        if not path.strip():
+            raise ConfigurationError(f"{file_name} is set but empty (unset it, or name a file)")
+        try:
+            text = Path(path.strip()).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{file_name} names a file that cannot be read: {path.strip()} ({exc.strerror or type(exc).__name__})"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{file_name} names a file that is not UTF-8 text") from None
+        if not text.strip():
+            raise ConfigurationError(f"{file_name} names an empty file ({name} would be empty)")
+        return text.strip()
+    if value is not None and not value.strip():
+        raise ConfigurationError(f"{name} is set but empty (unset it to take the default)")
+    return value
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` lines (blank lines, `# comments` and a leading `export ` allowed; a value may be quoted).
+
+    Errors name the file and the line number, never the line: it may hold a key.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the env file {path} cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the env file {path} is not UTF-8 text") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name = name.strip()
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise ConfigurationError(f"the env file {path}, line {number}: expected NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

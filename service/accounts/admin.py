@@ -13,7 +13,7 @@ from service.clock import Clock, iso_utc
 from service.crypto import generate_api_key, hash_api_key
 from service.db.plan import Plan, StatementJob
 from service.db.store import Store
-from service.errors import BadRequest, NotFound, ServiceError
+from service.errors import BadRequest, NotFound, ServiceError, Unprocessable
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -52,11 +52,19 @@ def _new_key(hash_key: bytes, project_id: str, scopes: Iterable[str]) -> tuple[I
     return IssuedKey(project_id, str(uuid.uuid4()), api_key, granted), hash_api_key(hash_key, api_key)
 
 
+def project_name(name: str) -> str:
+    """A project's name as stored: trimmed, and not empty (Unprocessable otherwise)."""
+    if not name.strip():
+        raise Unprocessable("A project name must not be empty")
+    return name.strip()
+
+
 async def create_project(store: Store, hash_key: bytes, clock: Clock, name: str) -> IssuedKey:
     """A new project and its first API key, holding every scope.
 
     The key is returned once and stored only as a keyed hash.
     """
+    name = project_name(name)
     issued, key_hash = _new_key(hash_key, "project_" + uuid.uuid4().hex, SCOPES)
     return await store.write(_IssueKey(issued, key_hash, iso_utc(clock.now()), project_name=name))
 

@@ -116,13 +116,25 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._dsn,
-            min_size=1,
-            max_size=POOL_SIZE,
-            timeout=CONNECT_TIMEOUT_SECONDS,
-            command_timeout=STATEMENT_TIMEOUT_SECONDS,
-        )
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                command_timeout=STATEMENT_TIMEOUT_SECONDS,
+            )
+        except asyncpg.PostgresError as exc:
+            # The server's words (no such database, authentication failed) never hold the password.
+            raise ServiceUnavailable(
+                f"PostgreSQL refused the connection ({exc}); check DATABASE_URL"
+            ) from None
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            raise ServiceUnavailable(
+                f"PostgreSQL cannot be reached ({type(exc).__name__}); check DATABASE_URL"
+            ) from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

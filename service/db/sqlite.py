@@ -212,7 +212,14 @@ class SQLiteDatabase:
             raise RuntimeError(f"SQLite 3.35 or later is needed; this Python has {sqlite3.sqlite_version}")
         await asyncio.to_thread(prepare_file, self.path)
         reader = SQLiteConnection(self.path, self._synchronous, "sqlite-reader")
-        await reader.open()
+        try:
+            await reader.open()
+        except (OSError, sqlite3.Error) as exc:
+            await reader.close()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ServiceUnavailable(
+                f"The SQLite database {self.path} cannot be opened ({reason}); check DATABASE_URL"
+            ) from None
         self._reader = reader
 
     async def close(self) -> None:
