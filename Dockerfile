@@ -1,9 +1,21 @@
 # syntax=docker/dockerfile:1
 #
-# Image for the secrets service.
+# Image for the secrets service. Dependencies come from requirements.lock, pinned by hash
+# (`make lock` updates it), so two builds of one commit install the same files.
+#
 #   docker build -t secrets-service .
-#   docker run -p 8000:8000 -e SECRETS_MASTER_KEYS=... -e API_KEY_HASH_KEY=... secrets-service
-# Migrations are applied by `secrets-service serve` at startup.
+#   docker run --rm secrets-service secrets-service keys generate             # a SECRETS_MASTER_KEYS entry
+#   docker run --rm secrets-service secrets-service keys generate --hash-key  # an API_KEY_HASH_KEY
+#   docker run -d -p 8000:8000 -v secrets-data:/app/data \
+#     -v "$PWD/secrets/master_keys:/run/secrets/master_keys:ro" \
+#     -v "$PWD/secrets/api_key_hash_key:/run/secrets/api_key_hash_key:ro" \
+#     -e SECRETS_MASTER_KEYS_FILE=/run/secrets/master_keys \
+#     -e API_KEY_HASH_KEY_FILE=/run/secrets/api_key_hash_key \
+#     -e KAFKA_BOOTSTRAP_SERVERS=kafka.internal:9092 \
+#     secrets-service
+# The SQLite file lives in /app/data (the default DATABASE_URL, from WORKDIR /app): keep it on a
+# volume. The key files are read by the image's user, uid 10001 (scripts/compose-secrets makes
+# them so). Migrations are applied by `secrets-service serve` at startup.
 
 # --- build stage: install the package and its dependencies into a venv ------
 FROM python:3.11-slim AS build
@@ -15,8 +27,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The locked dependencies first (a layer that changes only with the lock), then the package alone.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY . .
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # --- runtime stage -----------------------------------------------------------
 FROM python:3.11-slim AS runtime

@@ -2,15 +2,29 @@
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: install run test bench bench-quick fuzz lint clean
+# Locked dependencies: requirements.lock (what the image runs) and requirements-dev.lock (that plus the
+# test and dev extras, what `make install` and CI use), every file pinned by hash. `make lock` updates
+# them after a change to pyproject.toml's dependencies, keeping every other pin; `make lock-upgrade`
+# moves every pin to the newest release allowed.
+LOCK = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --python-platform linux
+
+.PHONY: install run test bench bench-quick fuzz lint lock lock-upgrade clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-dev.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock: install
+	echo 'setuptools>=69' | $(LOCK) pyproject.toml - -o requirements.lock
+	echo 'setuptools>=69' | $(LOCK) pyproject.toml - --extra test --extra dev -o requirements-dev.lock
+
+lock-upgrade: install
+	echo 'setuptools>=69' | $(LOCK) --upgrade pyproject.toml - -o requirements.lock
+	echo 'setuptools>=69' | $(LOCK) --upgrade pyproject.toml - --extra test --extra dev -o requirements-dev.lock
 
 run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/dev-run

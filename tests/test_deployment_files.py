@@ -10,14 +10,23 @@ committed. Nothing here needs Docker.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+
+from service.settings import Settings
+from tests.support.cli import clean_environ
+from tests.support.tools import debian_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -25,8 +34,11 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 NGINX_CONF = ROOT / "config" / "nginx.conf"
 PYPROJECT = ROOT / "pyproject.toml"
+LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
 
-SECRET_ENV_VARS = ("SECRETS_MASTER_KEYS", "API_KEY_HASH_KEY")
+# The service's secret settings and the compose secret each one is read from.
+SECRET_FILES = {"SECRETS_MASTER_KEYS": "master_keys", "API_KEY_HASH_KEY": "api_key_hash_key"}
 
 
 # --------------------------------------------------------------------------
@@ -210,11 +222,57 @@ def test_dockerfile_healthcheck_probes_healthz_on_the_served_port():
     assert "urllib" in checks[-1], "the slim image has no curl/wget; use python's urllib"
 
 
-def test_dockerfile_installs_the_project_with_pip():
+def test_dockerfile_installs_the_locked_dependencies_then_the_project_alone():
     base = [args for kw, args in dockerfile_instructions() if kw == "FROM"]
     assert all(b.split()[0].startswith("python:3.11-slim") for b in base), base
-    runs = " ".join(args for kw, args in dockerfile_instructions() if kw == "RUN")
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", runs), runs
+    runs = [args for kw, args in dockerfile_instructions() if kw == "RUN"]
+    locked = [r for r in runs if "pip install" in r and "-r requirements.lock" in r]
+    assert locked and "--require-hashes" in locked[0], runs
+    project = [r for r in runs if re.search(r"pip install .*--no-deps.* \.(\s|$)", r)]
+    assert project, "the package itself must be installed with --no-deps, so nothing unlocked comes in"
+    assert runs.index(locked[0]) < runs.index(project[0])
+    copies = [args for kw, args in dockerfile_instructions() if kw == "COPY"]
+    assert any(c.split()[0] == "requirements.lock" for c in copies), copies
+
+
+def locked_pins(path: Path) -> dict[str, tuple[str, int]]:
+    """name -> (version, number of hashes) of a `--generate-hashes` requirements file."""
+    pins: dict[str, tuple[str, int]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", path.read_text()):
+        match = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", block)
+        if match:
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            pins[name] = (match.group(2), block.count("--hash=sha256:"))
+    return pins
+
+
+@pytest.mark.parametrize(("lock", "extras"), [(LOCK, ()), (DEV_LOCK, ("test", "dev"))])
+def test_the_locks_pin_every_dependency_by_hash(lock: Path, extras: tuple[str, ...]):
+    assert lock.exists(), f"{lock.name} is missing: make lock"
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    wanted += tomllib.loads(PYPROJECT.read_text())["build-system"]["requires"]
+    pins = locked_pins(lock)
+    for line in wanted:
+        requirement = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is not in {lock.name}: run make lock"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock.name} pins {name}=={version}, pyproject.toml wants {requirement.specifier}: run make lock"
+        )
+    assert all(hashes for _, hashes in pins.values()), f"{lock.name} has pins without hashes"
+
+
+def test_make_install_and_ci_use_the_dev_lock():
+    makefile = (ROOT / "Makefile").read_text()
+    install = makefile[makefile.index("$(VENV)/.installed:") :].split("\n\n")[0]
+    assert "--require-hashes -r requirements-dev.lock" in install
+    assert "--no-deps" in install
+    assert re.search(r"^lock:", makefile, re.M), "no documented way to update the locks (make lock)"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_console_script_in_cmd_is_declared_in_pyproject():
@@ -266,7 +324,7 @@ def test_every_built_service_uses_the_repo_dockerfile(services: dict[str, dict])
 def test_default_secrets_service_serves_and_publishes_its_port(services: dict[str, dict]):
     svc = services.get("secrets")
     assert svc is not None, "no `secrets` service"
-    assert not profiles(svc), "`secrets` must start with a plain `docker compose up`"
+    assert profiles(svc) == {"single"}, "`secrets` must start with the single profile, and only with it"
     assert builds_repo_image(svc)
     # The command comes from the Dockerfile CMD (`secrets-service serve`).
     command = svc.get("command")
@@ -363,19 +421,180 @@ def test_service_healthchecks_probe_healthz_on_the_served_port(services: dict[st
         assert f"127.0.0.1:{served_port()}/healthz" in text, f"{name} healthcheck: {text}"
 
 
-def test_no_key_material_is_hard_coded(services: dict[str, dict]):
+def test_keys_come_from_compose_secrets_not_the_environment(compose: dict, services: dict[str, dict]):
+    declared = compose.get("secrets") or {}
     for name, svc in repo_services(services).items():
         env = environment(svc)
-        for var in SECRET_ENV_VARS:
-            value = env.get(var)
-            assert value is not None, f"{name} does not pass {var}"
-            # Required interpolation: `up` fails loudly when it is unset.
-            assert re.fullmatch(r"\$\{" + var + r":\?[^}]*\}", value), (
-                f"{name}.{var} must be ${{{var}:?...}} from the environment, got {value!r}"
-            )
+        mounted = set(svc.get("secrets") or [])
+        for var, secret in SECRET_FILES.items():
+            assert var not in env, f"{name} passes {var} in its environment: `config` and `inspect` show it"
+            assert env.get(f"{var}_FILE") == f"/run/secrets/{secret}", f"{name}: {var}_FILE"
+            assert secret in mounted, f"{name} does not mount the {secret} secret"
+            assert "file" in declared.get(secret, {}), f"the {secret} secret names no file"
     text = COMPOSE_FILE.read_text()
     # base64 of 32 bytes (a master or hash key), with or without a key id.
     assert not re.search(r"[A-Za-z0-9+/]{43}=", text), "compose file contains what looks like a key"
+
+
+def test_the_secret_files_stay_out_of_git_and_the_image(compose: dict):
+    directories = {Path(spec["file"]).parts[-2] for spec in (compose.get("secrets") or {}).values()}
+    assert directories == {"secrets"}, directories
+    for path in (".env", ".env.local", "secrets/master_keys", "data/dev.env"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert ignored.returncode == 0, f"git does not ignore {path}"
+    patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    assert {"secrets", ".env"} <= patterns, "the build context would carry the key files"
+
+
+# --------------------------------------------------------------------------
+# `docker-compose config`: the file is valid, and each profile starts exactly its services
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docker_compose() -> str:
+    return debian_tool("docker-compose", "docker-compose")
+
+
+def compose_config(docker_compose: str, *profile: str, env: dict[str, str] | None = None) -> dict:
+    args = [docker_compose, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
+    for name in profile:
+        args += ["--profile", name]
+    done = subprocess.run(
+        [*args, "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_environ(**(env or {})),
+        timeout=60,
+    )
+    assert done.returncode == 0, f"docker-compose config failed: {done.stderr[-2000:]}"
+    assert "WARNING" not in done.stderr, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert isinstance(config, dict)
+    config["_text"] = done.stdout
+    return config
+
+
+def started(config: dict, active: set[str]) -> set[str]:
+    """What `up` starts: services without profiles, and those with an active profile (the Compose rule)."""
+    return {
+        name
+        for name, svc in config["services"].items()
+        if not svc.get("profiles") or active & set(svc["profiles"])
+    }
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        ((), set()),
+        (("single",), {"kafka", "secrets"}),
+        (("scaled",), {"kafka", "postgres", "secrets-a", "secrets-b", "lb"}),
+    ],
+    ids=["no profile", "single", "scaled"],
+)
+def test_compose_config_starts_exactly_the_profiles_services(
+    docker_compose: str, profile: tuple[str, ...], expected: set[str]
+):
+    config = compose_config(docker_compose, *profile)
+    services = started(config, set(profile))
+    assert services == expected
+    for name in services:
+        for dependency in config["services"][name].get("depends_on") or {}:
+            assert dependency in services, (
+                f"{name} depends on {dependency}, which this profile does not start"
+            )
+
+
+def test_kafka_answers_the_host_on_a_loopback_listener(docker_compose: str):
+    for host_port in ("9092", "29092"):
+        config = compose_config(docker_compose, "single", env={"KAFKA_HOST_PORT": host_port})
+        kafka = config["services"]["kafka"]
+        env = environment(kafka)
+        listeners = {urlsplit(i).scheme.upper(): urlsplit(i).port for i in env["KAFKA_LISTENERS"].split(",")}
+        advertised = {
+            urlsplit(i).scheme.upper(): urlsplit(i) for i in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        }
+        protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        published = [str(entry).removesuffix("/tcp").rsplit(":", 2) for entry in kafka.get("ports") or []]
+        assert len(published) == 1, published
+        host_ip, published_port, container_port = published[0]
+        names = [name for name, port in listeners.items() if port == int(container_port)]
+        assert len(names) == 1, f"{container_port} is not one listener of {listeners}"
+        name = names[0]
+        assert host_ip == "127.0.0.1", "a PLAINTEXT listener without authentication must stay on loopback"
+        assert published_port == host_port
+        # What the host dials after the bootstrap is what the broker advertises for that listener.
+        assert (advertised[name].hostname, str(advertised[name].port)) == ("127.0.0.1", host_port)
+        assert protocols[name] == "PLAINTEXT"
+
+
+def test_compose_config_shows_no_key(docker_compose: str):
+    canary = "canary-" + os.urandom(8).hex()
+    env = {"SECRETS_MASTER_KEYS": canary, "API_KEY_HASH_KEY": canary, "POSTGRES_PASSWORD": canary}
+    config = compose_config(docker_compose, "scaled", env=env)
+    assert canary not in config["_text"]
+    assert not re.search(r"PASSWORD: (?!/run/secrets/)", config["_text"]), "a password in the environment"
+
+
+# --------------------------------------------------------------------------
+# Key files with nothing but the image (scripts/compose-secrets)
+# --------------------------------------------------------------------------
+
+
+def fake_docker(tmp_path: Path) -> Path:
+    """A `docker` that runs `docker run --rm --network none IMAGE CMD...` as CMD on this machine."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "docker"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        'set -euo pipefail\n[[ "$1 $2" == "run --rm" ]] || exit 3\nshift 2\n'
+        'while [[ "$1" == --* ]]; do shift 2; done\n'
+        f'shift\nexec "{Path(sys.executable).parent}/$1" "${{@:2}}"\n'
+    )
+    script.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the files to uid 10001 takes root")
+def test_compose_secrets_makes_private_key_files_the_service_accepts(tmp_path: Path):
+    bin_dir = fake_docker(tmp_path)
+    target = tmp_path / "secrets"
+    env = {**clean_environ(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "compose-secrets"), "--dir", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", "key material reached stdout"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    files = {path.name: path for path in target.iterdir()}
+    assert set(files) == {"master_keys", "api_key_hash_key", "postgres_password"}
+    for path in files.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert (path.stat().st_uid, path.stat().st_gid) == (10001, 10001)
+    settings = Settings.from_env(
+        {
+            "SECRETS_MASTER_KEYS_FILE": str(files["master_keys"]),
+            "API_KEY_HASH_KEY_FILE": str(files["api_key_hash_key"]),
+            "DATABASE_URL": "postgresql+asyncpg://secrets@postgres:5432/secrets",
+            "DATABASE_PASSWORD_FILE": str(files["postgres_password"]),
+        }
+    )
+    assert len(settings.api_key_hash_key.reveal()) == 32
+    before = {name: path.read_bytes() for name, path in files.items()}
+    again = subprocess.run(
+        [str(ROOT / "scripts" / "compose-secrets"), "--dir", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert again.returncode == 0
+    assert {name: path.read_bytes() for name, path in files.items()} == before, "a second run replaced a key"
 
 
 # --------------------------------------------------------------------------
@@ -401,15 +620,23 @@ def test_scaled_profile_has_postgres_two_replicas_and_an_lb(scaled: dict[str, di
 
 
 def test_scaled_replicas_share_the_postgres_database(scaled: dict[str, dict]):
-    pg_env = environment(scaled["postgres"])
+    postgres = scaled["postgres"]
+    pg_env = environment(postgres)
+    assert "POSTGRES_PASSWORD" not in pg_env, "the PostgreSQL password is hard-coded"
+    password_file = pg_env["POSTGRES_PASSWORD_FILE"]
+    assert password_file.startswith("/run/secrets/")
+    assert password_file.rsplit("/", 1)[1] in set(postgres.get("secrets") or [])
     urls = set()
     for name, svc in scaled_replicas(scaled).items():
-        url = environment(svc).get("DATABASE_URL", "")
+        env = environment(svc)
+        url = env.get("DATABASE_URL", "")
         parts = urlsplit(url)
         assert parts.scheme == "postgresql+asyncpg", f"{name}: {url}"
         assert parts.hostname == "postgres" and (parts.port or 5432) == 5432, f"{name}: {url}"
         assert parts.username == pg_env["POSTGRES_USER"], f"{name}: wrong user in {url}"
-        assert parts.password == pg_env["POSTGRES_PASSWORD"], f"{name}: wrong password in {url}"
+        assert parts.password is None, f"{name}: a password in DATABASE_URL"
+        assert env.get("DATABASE_PASSWORD_FILE") == password_file, f"{name} reads another password"
+        assert password_file.rsplit("/", 1)[1] in set(svc.get("secrets") or [])
         assert parts.path.lstrip("/") == pg_env["POSTGRES_DB"], f"{name}: wrong database in {url}"
         assert "postgres" in depends_on(svc), f"{name} does not wait for postgres"
         urls.add(url)
