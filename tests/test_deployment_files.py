@@ -694,3 +694,40 @@ def test_lb_mounts_the_nginx_config_and_waits_for_replicas(scaled: dict[str, dic
     assert mode and "ro" in mode[0].split(","), "mount the config read-only"
     assert 80 in published_container_ports(lb)
     assert set(depends_on(lb)) >= set(scaled_replicas(scaled))
+
+
+# --------------------------------------------------------------------------
+# The `docker run` example (README and Dockerfile header)
+# --------------------------------------------------------------------------
+
+
+def docker_run_examples() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text()
+    header = "\n".join(
+        line.removeprefix("#").strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith("#")
+    )
+    examples = []
+    for text in (readme, header):
+        match = re.search(r"docker run -d (?:[^\n]*\\\n)*[^\n]*", text)
+        assert match, "no `docker run -d` example"
+        examples.append(shlex.split(match.group(0).replace("\\\n", " ")))
+    return examples
+
+
+@pytest.mark.parametrize("argv", docker_run_examples(), ids=["README", "Dockerfile"])
+def test_the_docker_run_example_keeps_the_database_and_reaches_kafka(argv: list[str]):
+    workdir = [args for kw, args in final_stage() if kw == "WORKDIR"][-1]
+    default_url = next(
+        f for f in Settings.__dataclass_fields__.values() if f.metadata["env"] == "DATABASE_URL"
+    )
+    database_dir = str((Path(workdir) / default_url.default.removeprefix("sqlite:///")).parent)
+    volumes = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-v"]
+    env = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-e")
+    assert any(v.split(":")[1] == database_dir for v in volumes), f"nothing keeps {database_dir}: {volumes}"
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    assert bootstrap and not bootstrap.startswith(("127.", "localhost")), "Kafka is not in the container"
+    for var in SECRET_FILES:
+        assert var not in env, f"{var} on the command line ends up in the shell history and `docker inspect`"
+        path = env.get(f"{var}_FILE")
+        assert path and any(v.split(":")[1] == path for v in volumes), f"{var}_FILE is not a mounted file"
+    assert argv[-1] == "secrets-service"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import types
@@ -283,3 +284,10 @@ def test_a_key_a_command_did_not_ask_for_fails_only_when_used() -> None:
     assert len(settings.api_key_hash_key.reveal()) == 32
     with pytest.raises(ConfigurationError, match="SECRETS_MASTER_KEYS is required"):
         settings.master_keys.reveal()
+
+
+def test_example_env_lists_every_setting() -> None:
+    text = (ROOT / "config" / "example.env").read_text()
+    for field in dataclasses.fields(Settings):
+        name = field.metadata["env"]
+        assert re.search(rf"^#? ?{name}=", text, re.M), f"config/example.env does not list {name}"
