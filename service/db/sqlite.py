@@ -210,9 +210,9 @@ class SQLiteDatabase:
         if sqlite3.sqlite_version_info < (3, 35):
             # INSERT ... ON CONFLICT DO NOTHING and RETURNING.
             raise RuntimeError(f"SQLite 3.35 or later is needed; this Python has {sqlite3.sqlite_version}")
-        await asyncio.to_thread(prepare_file, self.path)
         reader = SQLiteConnection(self.path, self._synchronous, "sqlite-reader")
         try:
+            await asyncio.to_thread(prepare_file, self.path)
             await reader.open()
         except (OSError, sqlite3.Error) as exc:
             await reader.close()
