@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import sqlite3
 import stat
 import uuid
 from pathlib import Path
@@ -56,7 +58,11 @@ def test_projects_create_refuses_an_empty_name(db_env: dict[str, str], tmp_path:
 def test_projects_create_stores_the_name_trimmed(db_env: dict[str, str]) -> None:
     done = run_cli("projects", "create", "  my-project ", env=db_env)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["apiKey"].startswith("sk-lw-")
+    project_id = json.loads(done.stdout)["projectId"]
+    path = db_env["DATABASE_URL"].removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (name,) = db.execute("SELECT name FROM projects WHERE id = ?", (project_id,)).fetchone()
+    assert name == "my-project"
 
 
 def test_one_shot_commands_keep_stderr_for_errors(db_env: dict[str, str]) -> None:
