@@ -139,10 +139,10 @@ async def test_try_it_and_commands_work_word_for_word_after_make_run(
         decoder = json.JSONDecoder()
         created, _ = decoder.raw_decode(out, out.index('{"id"'))
         assert created["name"] == "OPENAI_API_KEY"
-        listed, _ = decoder.raw_decode(out, out.index('[{"id"'))
+        listed, listed_end = decoder.raw_decode(out, out.index('[{"id"'))
         assert [s["id"] for s in listed] == [created["id"]]
         assert f"key={created['id']}" in out and "secret.created" in out, "kcat did not show the event"
-        value, _ = decoder.raw_decode(out, out.index('{"id"', out.index('[{"id"') + 1))
+        value, _ = decoder.raw_decode(out, out.index('{"id"', listed_end))
         assert (value["id"], value["value"]) == (created["id"], "sk-..."), "the value read"
 
         out = "\n".join(run_block(b, clone, shell) for b in commands)
