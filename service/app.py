@@ -16,19 +16,38 @@ from service.clock import Clock, SystemClock
 from service.crypto import Keyring
 from service.db.dialect import open_database
 from service.db.lease import lease
-from service.db.migrations import migrate
+from service.db.migrations import MIGRATIONS, migrate, schema_version
 from service.db.store import Store
-from service.errors import ServiceError
+from service.errors import ServiceError, ServiceUnavailable, StorageFull
 from service.events.publisher import KafkaPublisher, Publisher
 from service.events.relay import RELAY_LOCK, OutboxRelay
 from service.http import responses
 from service.http.middleware import EdgeMiddleware
 from service.http.routes import routes
+from service.http.server import Lifecycle
 from service.secrets.retention import IdempotencyRetention
 from service.secrets.vault import Vault
 from service.settings import Settings
 
 logger = logging.getLogger("service")
+
+
+class Readiness:
+    """Whether this process should get traffic: not draining, the database answers with its
+    schema current, and its storage has room (ServiceUnavailable says which is not so)."""
+
+    def __init__(self, store: Store, lifecycle: Lifecycle) -> None:
+        self._store = store
+        self._lifecycle = lifecycle
+
+    async def check(self) -> None:
+        if self._lifecycle.draining:
+            raise ServiceUnavailable("The service is shutting down")
+        version = await self._store.fetch(schema_version())
+        if int(version[0][0]) < len(MIGRATIONS):
+            raise ServiceUnavailable("The database schema is not current")
+        if self._store.storage_full:
+            raise StorageFull()
 
 
 class State(TypedDict):
@@ -37,6 +56,7 @@ class State(TypedDict):
     store: Store
     auth: Authenticator
     vault: Vault
+    readiness: Readiness
 
 
 def kafka_publisher(settings: Settings) -> KafkaPublisher:
@@ -50,10 +70,16 @@ def kafka_publisher(settings: Settings) -> KafkaPublisher:
 
 
 def create_app(
-    settings: Settings, *, clock: Clock | None = None, publisher: Publisher | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    publisher: Publisher | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> Starlette:
-    """The service. `clock` and `publisher` replace the system clock and Kafka (tests use them)."""
+    """The service. `clock` and `publisher` replace the system clock and Kafka (tests use them);
+    `lifecycle` is the server's, which says when the process drains."""
     clock = clock or SystemClock()
+    lifecycle = lifecycle or Lifecycle()
     keyring = Keyring.parse(settings.master_keys.reveal())
     hash_key = settings.api_key_hash_key.reveal()
     url = settings.database
@@ -83,6 +109,7 @@ def create_app(
             try:
                 yield {
                     "store": store,
+                    "readiness": Readiness(store, lifecycle),
                     "auth": Authenticator(store, hash_key, settings.auth_cache_seconds, clock),
                     "vault": Vault(
                         store,
@@ -101,9 +128,13 @@ def create_app(
         finally:
             await database.close()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
         exception_handlers={ServiceError: responses.service_error, HTTPException: responses.http_error},
         lifespan=lifespan,
     )
+    # No redirect for a trailing slash: Starlette builds its Location from the Host header, so a
+    # client that follows redirects would take its API key and value to any host named there.
+    app.router.redirect_slashes = False
+    return app

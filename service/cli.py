@@ -10,10 +10,7 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -238,17 +235,26 @@ async def _migrate(settings: Settings) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import create_app
+    from service.http.server import ConnectionLimits, Lifecycle, Server, protocol
 
+    lifecycle = Lifecycle()
+    limits = ConnectionLimits(
+        max_head_bytes=settings.http_max_head_bytes,
+        head_timeout=settings.http_head_timeout_seconds,
+        body_timeout=settings.http_body_timeout_seconds,
+    )
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, lifecycle=lifecycle),
         host=args.host or settings.host,
         port=settings.port if args.port is None else args.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol(limits),
         lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=args.graceful_shutdown_seconds,
+        timeout_keep_alive=settings.http_keepalive_seconds,
+        limit_concurrency=settings.http_max_concurrency,
         server_header=False,
     )
     # Startup objects never die: keep them out of every collection, and collect young objects
@@ -258,28 +264,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # The SQLite connection threads need the GIL back after every statement and fsync; by default the
     # busy event loop keeps it for up to 5 ms each time, which stretched a batch's commit ~5x.
     sys.setswitchinterval(0.0002)
-    server = _Server(config)
+    server = Server(config, lifecycle, settings.shutdown_drain_seconds)
     server.run()
     return 0 if server.started else 1
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM start a graceful shutdown, after which the process exits 0.
-
-        uvicorn's own version re-raises the signal once it has drained, so a drained
-        SIGTERM would end the process as killed by it.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

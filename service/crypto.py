@@ -25,7 +25,9 @@ import string
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.ids import random_bytes
 
@@ -186,6 +188,11 @@ def generate_api_key() -> str:
 def hash_api_key(hash_key: bytes, api_key: str) -> str:
     """The keyed hash stored in place of the key."""
     return hmac.new(hash_key, api_key.encode(), hashlib.sha256).hexdigest()
+
+
+def derive_key(key: bytes, purpose: str) -> bytes:
+    """A 256-bit key of its own for `purpose`, derived from `key` (HKDF-SHA256): one secret, many uses, no reuse."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(key)
 
 
 def keyed_fingerprint(hash_key: bytes, *parts: bytes) -> str:

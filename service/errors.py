@@ -89,3 +89,15 @@ class ValueUnreadable(ServiceError):
 class ServiceUnavailable(ServiceError):
     status_code = 503
     error = "Service Unavailable"
+
+
+class StorageFull(ServiceUnavailable):
+    """The database's storage is full: writes are refused until space is freed (reads go on)."""
+
+    def __init__(self) -> None:
+        super().__init__("Storage is full: writes resume once space is freed; retry later")
+
+
+class RateLimited(ServiceError):
+    status_code = 429
+    error = "Too Many Requests"

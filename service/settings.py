@@ -179,6 +179,14 @@ class Settings:
     )
     relay_shutdown_seconds: float = _setting("RELAY_SHUTDOWN_SECONDS", 5.0, _at_least(0.001, float))
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of(*LOG_LEVELS))
+    # What a connection may hold before it is authenticated (see service/http/server.py).
+    http_max_head_bytes: int = _setting("HTTP_MAX_HEAD_BYTES", 16384, _at_least(1024, int))
+    http_head_timeout_seconds: float = _setting("HTTP_HEAD_TIMEOUT_SECONDS", 10.0, _at_least(0.1, float))
+    http_body_timeout_seconds: float = _setting("HTTP_BODY_TIMEOUT_SECONDS", 10.0, _at_least(0.1, float))
+    http_keepalive_seconds: int = _setting("HTTP_KEEPALIVE_SECONDS", 5, _at_least(1, int))
+    http_max_concurrency: int = _setting("HTTP_MAX_CONCURRENCY", 1024, _at_least(1, int))
+    # How long a SIGTERM'd process answers /readyz 503 before it stops accepting connections.
+    shutdown_drain_seconds: float = _setting("SHUTDOWN_DRAIN_SECONDS", 2.0, _at_least(0.0, float))
 
     @classmethod
     def from_env(

@@ -14,7 +14,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -25,115 +24,19 @@ from typing import Any
 import httpx
 import pytest
 
+from service.crypto import generate_master_key_entry
 from service.events.relay import CursorProgress
 from service.settings import Settings
 from tests.support.app import make_env, make_project
 from tests.support.kafka import LocalBroker, record_headers, wait_for_records
 from tests.support.leaks import CANARY, leaked
-from tests.support.paths import ROOT
-from tests.support.ports import free_port
+from tests.support.service import GRACEFUL_SECONDS, Service, executable
 from tests.support.waiting import poll_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
-GRACEFUL_SECONDS = 10.0
 # A connection refused, reset or closed before any response: the request was not answered.
 UNANSWERED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-def _executable() -> str:
-    script = Path(sys.executable).parent / "secrets-service"
-    return str(script if script.exists() else ROOT / ".venv" / "bin" / "secrets-service")
-
-
-class Service:
-    """One `secrets-service serve` at a time on a given database; restartable, logs kept in files."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.logs: list[Path] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, *extra: str) -> None:
-        assert self.process is None or self.process.poll() is not None, "already running"
-        self.port = free_port()
-        log_path = self.workdir / f"service-{len(self.logs)}.log"
-        self.logs.append(log_path)
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    _executable(),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--graceful-shutdown-seconds",
-                    str(GRACEFUL_SECONDS),
-                    *extra,
-                ],
-                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start_healthy(self, timeout: float = 60) -> None:
-        self.start()
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=5) as http:
-            while True:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"service exited with {self.process.returncode} during startup")
-                try:
-                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"service not healthy within {timeout:.0f}s")
-                await asyncio.sleep(0.1)
-
-    def send(self, sig: signal.Signals) -> None:
-        assert self.process is not None and self.process.poll() is None, "not running"
-        self.process.send_signal(sig)
-
-    async def wait_exit(self, timeout: float) -> int:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"service still running {timeout:.0f}s after it was told to stop")
-            await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    async def stop(self, timeout: float = 30) -> int:
-        """SIGTERM and wait (the service drains, the relay flushes)."""
-        self.send(signal.SIGTERM)
-        return await self.wait_exit(timeout)
-
-    def kill(self) -> None:
-        """Teardown: make sure nothing is left running."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-    def log_text(self) -> bytes:
-        return b"".join(path.read_bytes() for path in self.logs if path.exists())
-
-    @property
-    def db_path(self) -> str:
-        return self.env["DATABASE_URL"].removeprefix("sqlite:///")
-
-    def pending_events(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
-            return int(db.execute(CursorProgress().count_pending().sql).fetchone()[0])
 
 
 @dataclass
@@ -573,7 +476,7 @@ async def test_consumer_drops_duplicates_after_a_forced_resend(
 
     audit_log = tmp_path / "audit.jsonl"
     env = {**os.environ, **deployment.service.env, "PYTHONUNBUFFERED": "1"}
-    command = [_executable(), "audit-consume", "--output", str(audit_log), "--idle-exit-seconds", "5"]
+    command = [executable(), "audit-consume", "--output", str(audit_log), "--idle-exit-seconds", "5"]
     for run, group in enumerate([f"g-{uuid.uuid4()}", f"g-{uuid.uuid4()}"]):
         # The second run is a new consumer group over the same log: it re-reads all 2N records.
         with (tmp_path / f"audit-{run}.log").open("ab") as log:
@@ -639,9 +542,36 @@ async def test_service_logs_never_contain_secrets(deploy: DeploymentFactory, kaf
         ]
         assert all(400 <= r.status_code < 500 for r in refused), [r.status_code for r in refused]
         assert not any(leaked(CANARY, r.content) for r in refused), "an error response echoes the value"
+        read = await http.get("/api/secrets/by-name/IDEMPOTENT/value", headers=headers)
+        assert read.status_code == 200
         deleted = await http.delete(f"/api/secrets/{secret_id}", headers=headers)
         assert deleted.status_code == 200
     await wait_for_records(kafka_bootstrap, deployment.topic, lambda rs: len(rs) >= 4, timeout=60)
     await service.stop()
+    # Statement parameters: the API key's stored hash, sealed values and fingerprints (a driver
+    # logging its statements at DEBUG would print them).
+    with contextlib.closing(sqlite3.connect(service.db_path)) as db:
+        stored = [row[0] for row in db.execute("SELECT key_hash FROM api_keys")]
+        blobs = [bytes(row[0]) for row in db.execute("SELECT sealed_value FROM secrets")]
+        stored += [row[0] for row in db.execute("SELECT fingerprint FROM idempotency_keys")]
+    # And `keys rewrap` at DEBUG, which reads and writes every sealed value.
+    rotated = f"{generate_master_key_entry('rotated')},{deployment.master_keys}"
+    rewrap = await asyncio.to_thread(
+        subprocess.run,
+        [executable(), "keys", "rewrap"],
+        env={**os.environ, **service.env, "SECRETS_MASTER_KEYS": rotated, "LOG_LEVEL": "DEBUG"},
+        cwd=service.workdir,
+        capture_output=True,
+        timeout=60,
+    )
+    assert rewrap.returncode == 0, rewrap.stderr[-2000:]
+    with contextlib.closing(sqlite3.connect(service.db_path)) as db:
+        blobs += [bytes(row[0]) for row in db.execute("SELECT sealed_value FROM secrets")]
+    # A sealed value as a log line would show it: hex, base64 (leaked() tries both), or a bytes repr.
+    stored += [blob.hex() for blob in blobs] + [repr(blob[-16:])[2:-1] for blob in blobs]
     deployment.assert_logs_clean()
-    assert not leaked(CANARY + "2", service.log_text()), "the service log contains an updated value"
+    logs = service.log_text() + rewrap.stdout + rewrap.stderr
+    assert not leaked(CANARY + "2", logs), "the service log contains an updated value"
+    assert stored and not any(leaked(parameter, logs) for parameter in stored), (
+        "a statement parameter is logged"
+    )

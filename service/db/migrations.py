@@ -93,6 +93,22 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (secret_id, version)
         ){without_rowid}""",
     ],
+    # Idempotency-Key records belong to the API key that made them (a record is not an oracle
+    # for another key of the project), and their fingerprints use a key of their own. Records
+    # are kept a day and the old fingerprints cannot be checked any more: they are dropped.
+    [
+        "DROP TABLE idempotency_keys",
+        """CREATE TABLE idempotency_keys (
+            project_id TEXT NOT NULL REFERENCES projects (id),
+            api_key_id TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status_code INTEGER NOT NULL,
+            response_body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (project_id, api_key_id, idempotency_key)
+        )""",
+    ],
 ]
 
 _TEMPLATES: dict[Dialect, dict[str, str]] = {
@@ -158,3 +174,8 @@ async def migrate(database: Database, upto: int | None = None) -> int:
                 await conn.run(single(Fetch("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))))
     finally:
         await conn.close()
+
+
+def schema_version() -> Fetch:
+    """The highest migration applied (compare with len(MIGRATIONS))."""
+    return Fetch("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")

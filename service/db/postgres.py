@@ -11,7 +11,7 @@ import asyncpg
 
 from service.db.plan import Execute, Fetch, Plan
 from service.db.url import Dialect
-from service.errors import ServiceError, ServiceUnavailable
+from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
 T = TypeVar("T")
 
@@ -67,8 +67,11 @@ def fault(exc: BaseException) -> ServiceError | None:
     """The client's error for a driver exception, when it is one (a retryable condition), else None."""
     if is_connection_error(exc):
         return ServiceUnavailable("The database is unavailable; retry shortly")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate == "53100":
+        return StorageFull()
     # Serialization failure, deadlock, lock not available: the client's to retry.
-    if getattr(exc, "sqlstate", None) in ("40001", "40P01", "55P03"):
+    if sqlstate in ("40001", "40P01", "55P03"):
         return ServiceUnavailable("The database is busy; retry shortly")
     return None
 

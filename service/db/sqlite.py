@@ -23,7 +23,7 @@ import orjson
 
 from service.db.plan import Execute, Fetch, Plan
 from service.db.url import Dialect
-from service.errors import ServiceError, ServiceUnavailable
+from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
 T = TypeVar("T")
 
@@ -93,11 +93,11 @@ def _in_transaction(db: sqlite3.Connection, plan: Plan[T], scrub: bool) -> T:
     db.execute("BEGIN IMMEDIATE")
     try:
         result = run_plan(db, plan)
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
     if scrub:
         # Replaced or deleted ciphertext lingers in WAL frames until a checkpoint; truncate them away.
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -186,8 +186,11 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 def fault(exc: BaseException) -> ServiceError | None:
     """The client's error for a driver exception, when it is one (a retryable condition), else None."""
-    if isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc):
-        return ServiceUnavailable("The database is busy; retry shortly")
+    if isinstance(exc, sqlite3.OperationalError):
+        if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return StorageFull()
+        if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            return ServiceUnavailable("The database is busy; retry shortly")
     return None
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from service.db.plan import Fetch, Plan, WriteJob, batch_plan, single
 from service.db.url import Dialect
-from service.errors import ServiceError, ServiceUnavailable
+from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
 logger = logging.getLogger("service.db")
 
@@ -72,6 +72,8 @@ class GroupCommitter:
         self._stopping = False
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Whether the last write found the storage full (logged once when it starts, once when it ends).
+        self.storage_full = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-committer")
@@ -149,8 +151,15 @@ class GroupCommitter:
                     if not await self._commit(conn, [queued]):
                         return False
                 return True
-            _answer(batch[0].future, error=self._database.fault(exc) or exc)
+            error = self._database.fault(exc)
+            if isinstance(error, StorageFull) and not self.storage_full:
+                self.storage_full = True
+                logger.error("the database's storage is full: writes answer 503 until space is freed")
+            _answer(batch[0].future, error=error or exc)
             return True
+        if self.storage_full:
+            self.storage_full = False
+            logger.warning("the database's storage has room again: writes resume")
         if any(job.writes_events for job in jobs):
             self._on_events_committed()
         for queued, outcome in zip(batch, outcomes, strict=True):
@@ -214,6 +223,11 @@ class Store:
     async def ping(self) -> None:
         """Whether the database answers (raises ServiceUnavailable when it does not)."""
         await self.fetch(Fetch("SELECT 1"))
+
+    @property
+    def storage_full(self) -> bool:
+        """Whether the last write found the database's storage full."""
+        return self._committer.storage_full
 
     async def fetch(self, statement: Fetch) -> Sequence[Sequence[Any]]:
         """Rows of one read statement."""

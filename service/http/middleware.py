@@ -11,6 +11,7 @@ import logging
 import re
 import traceback
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ids
@@ -75,6 +76,9 @@ class EdgeMiddleware:
 
         try:
             await self.app(scope, limited_receive, edge_send)
+        except ClientDisconnect:
+            # The client went away mid-request: nothing to answer, and nothing wrong here.
+            logger.info("client disconnected during %s %r", scope["method"], scope["path"])
         except Exception as exc:
             frames = "".join(traceback.format_tb(exc.__traceback__))
             logger.error(

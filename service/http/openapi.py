@@ -55,6 +55,7 @@ _VERSIONS = {
         "required": ["version", "createdAt"],
     },
 }
+_STATUS = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
 _REASONS = {
     400: "Bad Request",
     401: "Unauthorized: no valid API key",
@@ -255,22 +256,19 @@ def openapi_document() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "description": "Ready to serve: the database answers.",
+                    "description": "Liveness: the process answers.",
                     "operationId": "getHealthz",
                     "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Healthy",
-                            **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {"status": {"type": "string"}},
-                                    "required": ["status"],
-                                }
-                            ),
-                        },
-                        **_errors(500, 503),
-                    },
+                    "responses": {"200": _ok("Alive", _STATUS), **_errors(500, 503)},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "description": "Readiness: not draining, the database answers with its schema current, "
+                    "and its storage has room.",
+                    "operationId": "getReadyz",
+                    "security": [],
+                    "responses": {"200": _ok("Ready", _STATUS), **_errors(500, 503)},
                 }
             },
         },

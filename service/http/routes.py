@@ -119,8 +119,14 @@ async def read_value_by_name(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    await request.state.store.ping()
+    """Liveness: the process answers (nothing else is checked: restarting it would not help them)."""
     return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: not draining, the database answers with its schema current, storage has room."""
+    await request.state.readiness.check()
+    return JSONResponse({"status": "ready"}, headers=NO_STORE)
 
 
 async def openapi(request: Request) -> Response:
@@ -151,5 +157,6 @@ routes = [
     Route("/api/secrets/{id}/versions/{version}/restore", restore_version, methods=["POST"]),
     Route("/api/secrets/by-name/{name}/value", read_value_by_name, methods=["GET"]),
     Route("/healthz", health, methods=["GET"]),
+    Route("/readyz", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

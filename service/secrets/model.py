@@ -69,6 +69,7 @@ class IfMatch:
     any: bool = False
 
     def allows(self, version: int) -> bool:
+        """Whether a change may apply to the secret at `version`."""
         return self.any or version in self.versions
 
 
@@ -80,9 +81,10 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
-    """An Idempotency-Key record: what a retry with the same key is answered from."""
+    """An Idempotency-Key record: what a retry with the same key, by the same API key, is answered from."""
 
     project_id: str
+    api_key_id: str
     key: str
     fingerprint: str
     status_code: int

@@ -148,31 +148,44 @@ def add_to_secret_counts(deltas: Mapping[str, int]) -> ExecuteMany:
 # Idempotency-Key records
 
 
-def find_idempotency_claim(project_id: str, key: str) -> Fetch:
-    """(fingerprint, response) of the record of this key, if any."""
+def find_idempotency_claim(project_id: str, api_key_id: str, key: str) -> Fetch:
+    """(fingerprint, response) of the record of this Idempotency-Key made by this API key, if any."""
     return Fetch(
-        "SELECT fingerprint, response_body FROM idempotency_keys WHERE project_id = ? AND idempotency_key = ?",
-        (project_id, key),
+        "SELECT fingerprint, response_body FROM idempotency_keys"
+        " WHERE project_id = ? AND api_key_id = ? AND idempotency_key = ?",
+        (project_id, api_key_id, key),
     )
 
 
 def claim_idempotency_keys(claims: Sequence[IdempotencyClaim]) -> Fetch:
-    """Insert the claims; fetches (project_id, key) of those that went in (a key already held is skipped)."""
+    """Insert the claims; fetches (project_id, api_key_id, key) of those that went in (one already held is skipped)."""
     return Fetch(
         "INSERT INTO idempotency_keys"
-        " (project_id, idempotency_key, fingerprint, status_code, response_body, created_at)"
-        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(claims))}"
-        " ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING project_id, idempotency_key",
+        " (project_id, api_key_id, idempotency_key, fingerprint, status_code, response_body, created_at)"
+        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(claims))}"
+        " ON CONFLICT (project_id, api_key_id, idempotency_key) DO NOTHING"
+        " RETURNING project_id, api_key_id, idempotency_key",
         [
             value
             for c in claims
-            for value in (c.project_id, c.key, c.fingerprint, c.status_code, c.response, c.created_at)
+            for value in (
+                c.project_id,
+                c.api_key_id,
+                c.key,
+                c.fingerprint,
+                c.status_code,
+                c.response,
+                c.created_at,
+            )
         ],
     )
 
 
-def release_idempotency_keys(pairs: Sequence[tuple[str, str]]) -> ExecuteMany:
-    return ExecuteMany("DELETE FROM idempotency_keys WHERE project_id = ? AND idempotency_key = ?", pairs)
+def release_idempotency_keys(claims: Sequence[tuple[str, str, str]]) -> ExecuteMany:
+    """Forget claims given as (project_id, api_key_id, key)."""
+    return ExecuteMany(
+        "DELETE FROM idempotency_keys WHERE project_id = ? AND api_key_id = ? AND idempotency_key = ?", claims
+    )
 
 
 def prune_idempotency_keys(before: str) -> Execute:

@@ -8,7 +8,7 @@ import re
 from service import ids
 from service.accounts.model import Principal
 from service.clock import Clock, iso_utc
-from service.crypto import Binding, Keyring, keyed_fingerprint, seal
+from service.crypto import Binding, Keyring, derive_key, keyed_fingerprint, seal
 from service.db.store import Store
 from service.errors import (
     BadRequest,
@@ -62,7 +62,8 @@ class Vault:
     ) -> None:
         self._store = store
         self._keyring = keyring
-        self._hash_key = hash_key
+        # The fingerprints' key is derived from, never equal to, the API-key hash key.
+        self._fingerprint_key = derive_key(hash_key, "idempotency-fingerprint/v1")
         self._quota = quota
         self._clock = clock
         self._versions_kept = versions_kept
@@ -88,14 +89,27 @@ class Vault:
         if idempotency_key is not None:
             if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+            # Bound to the project and the API key: another key's retry with the same
+            # Idempotency-Key is a request of its own, and can learn nothing from this record.
             fingerprint = keyed_fingerprint(
-                self._hash_key, b"POST /api/secrets", new.name.encode(), new.value.encode()
+                self._fingerprint_key,
+                b"POST /api/secrets",
+                principal.project_id.encode(),
+                principal.api_key_id.encode(),
+                new.name.encode(),
+                new.value.encode(),
             )
             replay = await self._replay(principal, idempotency_key, fingerprint)
             if replay is not None:
                 return replay
             claim = IdempotencyClaim(
-                principal.project_id, idempotency_key, fingerprint, 201, snapshot(record), now
+                principal.project_id,
+                principal.api_key_id,
+                idempotency_key,
+                fingerprint,
+                201,
+                snapshot(record),
+                now,
             )
         try:
             outcome: Created | IdempotencyKeyTaken = await self._store.write(
@@ -114,7 +128,9 @@ class Vault:
         return outcome
 
     async def _replay(self, principal: Principal, key: str, fingerprint: str) -> Created | None:
-        rows = await self._store.fetch(sql.find_idempotency_claim(principal.project_id, key))
+        rows = await self._store.fetch(
+            sql.find_idempotency_claim(principal.project_id, principal.api_key_id, key)
+        )
         if not rows:
             return None
         stored_fingerprint, response = rows[0]

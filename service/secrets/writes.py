@@ -107,15 +107,17 @@ class CreateSecret:
         counts = {row[0]: row[1] for row in (yield sql.secret_counts(project_ids))}
         claims = [job.claim for job in jobs if job.claim is not None]
         claimed = (
-            {(row[0], row[1]) for row in (yield sql.claim_idempotency_keys(claims))} if claims else set()
+            {(row[0], row[1], row[2]) for row in (yield sql.claim_idempotency_keys(claims))}
+            if claims
+            else set()
         )
         candidates: list[int] = []
         names_in_batch: set[tuple[str, str]] = set()
-        owned: set[tuple[str, str]] = set()
-        unclaim: list[tuple[str, str]] = []
+        owned: set[tuple[str, str, str]] = set()
+        unclaim: list[tuple[str, str, str]] = []
         for i, job in enumerate(jobs):
             record = job.record
-            pair = None if job.claim is None else (job.claim.project_id, job.claim.key)
+            pair = None if job.claim is None else (job.claim.project_id, job.claim.api_key_id, job.claim.key)
             if pair is not None and (pair not in claimed or pair in owned):
                 # The first job with a key owns its claim (its row went in); the others replay it.
                 outcomes[i] = IdempotencyKeyTaken()
@@ -151,7 +153,7 @@ class CreateSecret:
             else:
                 outcomes[i] = conflict(job.record.name)
                 if job.claim is not None:
-                    unclaim.append((job.claim.project_id, job.claim.key))
+                    unclaim.append((job.claim.project_id, job.claim.api_key_id, job.claim.key))
         if unclaim:
             yield sql.release_idempotency_keys(unclaim)
         if events:

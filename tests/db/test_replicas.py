@@ -170,6 +170,69 @@ async def test_one_if_match_raced_across_replicas_gives_one_200(cluster: Any) ->
     assert current.json()["value"] == f"later-{unconditional.index(last)}"
 
 
+async def test_keys_rewrap_never_undoes_a_concurrent_put(cluster: Any) -> None:
+    """keys rewrap on one host while replicas (still sealing under the old key) take PUTs: every
+    PUT answered 200 is what is stored afterwards, whichever key wraps it."""
+    from dataclasses import replace
+
+    from service.crypto import generate_master_key_entry
+    from service.settings import Secret
+    from tests.support.database import stored_value
+
+    replicas, project, settings = cluster
+    headers = {"X-Auth-Token": project["apiKey"]}
+    async with httpx.AsyncClient(timeout=30) as client:
+        secrets = [
+            (
+                await client.post(
+                    f"{replicas[0].url}/api/secrets",
+                    json={"name": f"ROT_{i}", "value": "v0"},
+                    headers=headers,
+                )
+            ).json()
+            for i in range(100)
+        ]
+        rotated = replace(
+            settings,
+            master_keys=Secret(f"{generate_master_key_entry('rotated')},{settings.master_keys.reveal()}"),
+        )
+        env = {**replicas[0].env, "SECRETS_MASTER_KEYS": rotated.master_keys.reveal()}
+        rewrap = asyncio.create_task(
+            asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "service.cli", "keys", "rewrap"],
+                env={**os.environ, **env},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        )
+        last: dict[str, tuple[int, str]] = {}
+
+        async def writer(w: int) -> None:
+            for round_ in range(25):
+                secret = secrets[(w * 7 + round_) % len(secrets)]
+                value = f"w{w}-r{round_}"
+                response = await client.put(
+                    f"{replicas[(w + round_) % len(replicas)].url}/api/secrets/{secret['id']}",
+                    json={"value": value},
+                    headers=headers,
+                )
+                assert response.status_code == 200, response.text
+                version = response.json()["version"]
+                if version > last.get(secret["id"], (0, ""))[0]:
+                    last[secret["id"]] = (version, value)
+
+        await asyncio.gather(*(writer(w) for w in range(6)))
+        done = await rewrap
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert json.loads(done.stdout)["rewrapped"] > 0
+    for secret in secrets:
+        version, value = last.get(secret["id"], (1, "v0"))
+        assert await stored_value(rotated, {**secret, "version": version}) == value, secret["name"]
+
+
 async def test_events_flow_once_in_order_and_survive_the_relay_dying(
     cluster: Any, kafka_bootstrap: str
 ) -> None:

@@ -14,7 +14,17 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.support.app import auth, create, created, listed, make_env, make_project, revoke_key, serving
+from tests.support.app import (
+    auth,
+    create,
+    created,
+    issue_key,
+    listed,
+    make_env,
+    make_project,
+    revoke_key,
+    serving,
+)
 from tests.support.clock import FakeClock
 from tests.support.database import events_for, query, stored_value
 from tests.support.leaks import CANARY
@@ -321,6 +331,49 @@ async def test_projects_may_use_the_same_key(
     assert mine.json()["id"] != theirs.json()["id"]
     assert await listed(client, project) == [mine.json()]
     assert await listed(client, other_project) == [theirs.json()]
+
+
+async def test_another_key_of_the_project_can_neither_replay_nor_probe_a_keys_record(
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str]
+) -> None:
+    """An Idempotency-Key record answers only the API key that made it: it is no oracle for a value."""
+    other_key = await issue_key(settings, project["projectId"], "secrets:manage")
+    first = await create(client, project, "GUESSED", "hunter2", **{"Idempotency-Key": "k-1"})
+    assert first.status_code == 201
+
+    right_guess = await create(client, other_key, "GUESSED", "hunter2", **{"Idempotency-Key": "k-1"})
+    wrong_guess = await create(client, other_key, "GUESSED", "wrong", **{"Idempotency-Key": "k-1"})
+
+    assert right_guess.status_code == wrong_guess.status_code == 409, "both are fresh creates of a taken name"
+    assert right_guess.json() == wrong_guess.json()
+    assert "idempotent-replayed" not in right_guess.headers
+    retry = await create(client, project, "GUESSED", "hunter2", **{"Idempotency-Key": "k-1"})
+    assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
+    # After a delete, the other key's request is a create of its own, not a replay of the first.
+    assert (
+        await client.delete(f"/api/secrets/{first.json()['id']}", headers=auth(project))
+    ).status_code == 200
+    fresh = await create(client, other_key, "GUESSED", "hunter2", **{"Idempotency-Key": "k-1"})
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
+    assert "idempotent-replayed" not in fresh.headers
+
+
+async def test_fingerprints_are_bound_to_project_and_key_and_keyed_apart_from_key_hashes(
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str], other_project: dict[str, str]
+) -> None:
+    from service.crypto import keyed_fingerprint
+
+    for owner in (project, other_project):
+        assert (
+            await create(client, owner, "SAME", "same-value", **{"Idempotency-Key": "k"})
+        ).status_code == 201
+    rows = await query(settings, "SELECT fingerprint FROM idempotency_keys ORDER BY project_id")
+    fingerprints = {row[0] for row in rows}
+    assert len(fingerprints) == 2, "the same request in two projects leaves two different fingerprints"
+    unbound = keyed_fingerprint(
+        settings.api_key_hash_key.reveal(), b"POST /api/secrets", b"SAME", b"same-value"
+    )
+    assert unbound not in fingerprints
 
 
 async def keyed_burst(

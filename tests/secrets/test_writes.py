@@ -43,7 +43,7 @@ class CannedDatabase:
         self,
         counts: dict[str, int],
         taken: set[tuple[str, str]] | None = None,
-        held_keys: set[tuple[str, str]] | None = None,
+        held_keys: set[tuple[str, str, str]] | None = None,
     ) -> None:
         self.counts = counts
         self.taken = set(taken or ())
@@ -59,8 +59,8 @@ class CannedDatabase:
             assert isinstance(statement, Fetch)
             params = list(statement.params)
             went_in = []
-            for i in range(0, len(params), 6):
-                pair = (params[i], params[i + 1])
+            for i in range(0, len(params), 7):
+                pair = (params[i], params[i + 1], params[i + 2])
                 if pair not in self.held_keys:
                     self.held_keys.add(pair)
                     went_in.append(pair)
@@ -88,7 +88,7 @@ def new_create(
 ) -> CreateSecret:
     record = SecretRecord(f"id-{name}-{key}-{fingerprint}", project, name, "k1", AT, AT)
     event = secret_event("secret.created", record, api_key_id="key-1", request_id="r", at=AT)
-    claim = None if key is None else IdempotencyClaim(project, key, fingerprint, 201, "{}", AT)
+    claim = None if key is None else IdempotencyClaim(project, "key-1", key, fingerprint, 201, "{}", AT)
     return CreateSecret(record, b"sealed", event, QUOTA, claim)
 
 
@@ -132,7 +132,7 @@ def test_one_idempotency_key_claimed_twice_in_a_batch_creates_once_and_replays_o
 
     assert outcomes == [Created(first.record), IdempotencyKeyTaken()]
     assert database.inserted == [first.record.id]
-    assert database.held_keys == {("p1", "req-1")}
+    assert database.held_keys == {("p1", "key-1", "req-1")}
     assert not statements_like(statements, "DELETE FROM idempotency_keys"), "the claim stays with the winner"
 
 
@@ -144,7 +144,7 @@ def test_a_create_that_conflicts_with_the_database_releases_its_claim() -> None:
 
     assert isinstance(outcomes[0], Conflict)
     (release,) = statements_like(statements, "DELETE FROM idempotency_keys")
-    assert list(release.rows) == [("p1", "req-2")]  # type: ignore[union-attr]
+    assert list(release.rows) == [("p1", "key-1", "req-2")]  # type: ignore[union-attr]
     assert not statements_like(statements, "INSERT INTO outbox"), "no event for a secret not created"
     assert not statements_like(statements, "UPDATE projects")
 
@@ -157,7 +157,7 @@ def test_a_create_over_the_quota_releases_its_claim_so_a_retry_is_refused_again(
 
     assert isinstance(outcomes[0], Unprocessable)
     (release,) = statements_like(statements, "DELETE FROM idempotency_keys")
-    assert list(release.rows) == [("p1", "req-3")]  # type: ignore[union-attr]
+    assert list(release.rows) == [("p1", "key-1", "req-3")]  # type: ignore[union-attr]
     assert not statements_like(statements, "INSERT INTO secrets")
 
 
