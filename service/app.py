@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from service import metrics
 from service.accounts.auth import Authenticator
 from service.clock import Clock, SystemClock
 from service.crypto import Keyring
@@ -22,8 +27,9 @@ from service.errors import ServiceError, ServiceUnavailable, StorageFull
 from service.events.publisher import KafkaPublisher, Publisher
 from service.events.relay import RELAY_LOCK, OutboxRelay
 from service.http import responses
+from service.http.limits import Limit, RateLimiter
 from service.http.middleware import EdgeMiddleware
-from service.http.routes import routes
+from service.http.routes import METRICS_ROUTE, routes
 from service.http.server import Lifecycle
 from service.secrets.retention import IdempotencyRetention
 from service.secrets.vault import Vault
@@ -57,6 +63,7 @@ class State(TypedDict):
     auth: Authenticator
     vault: Vault
     readiness: Readiness
+    limits: RateLimiter
 
 
 def kafka_publisher(settings: Settings) -> KafkaPublisher:
@@ -86,11 +93,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        database = open_database(url, settings.sqlite_synchronous)
-        await database.open()
-        try:
+        # Each resource's stop is pushed as it starts; they run in reverse on the way out. On
+        # shutdown requests have drained: the relay gets its bounded flush, then queued writes commit.
+        async with contextlib.AsyncExitStack() as resources:
+            database = open_database(url, settings.sqlite_synchronous)
+            await database.open()
+            resources.push_async_callback(database.close)
             applied = await migrate(database)
             logger.info("database %s ready (%d migrations applied)", url.for_logs, applied)
+            if settings.metrics_port is not None:
+                server, thread = start_http_server(
+                    settings.metrics_port, settings.metrics_host, registry=metrics.REGISTRY
+                )
+                resources.callback(_stop_metrics_server, server, thread)
+                logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
             relay: OutboxRelay | None = None
             store = Store(database, lambda: relay.wake() if relay else None)
             relay = OutboxRelay(
@@ -104,32 +120,35 @@ def create_app(
             )
             retention = IdempotencyRetention(store, clock)
             await store.start()
+            resources.push_async_callback(store.stop)
             relay.start()
+            resources.push_async_callback(relay.stop)
             retention.start()
-            try:
-                yield {
-                    "store": store,
-                    "readiness": Readiness(store, lifecycle),
-                    "auth": Authenticator(store, hash_key, settings.auth_cache_seconds, clock),
-                    "vault": Vault(
-                        store,
-                        keyring,
-                        hash_key,
-                        settings.max_secrets_per_project,
-                        clock,
-                        versions_kept=settings.secret_versions_kept,
-                    ),
-                }
-            finally:
-                # Requests have drained: the relay gets its bounded flush, then queued writes commit.
-                await retention.stop()
-                await relay.stop()
-                await store.stop()
-        finally:
-            await database.close()
+            resources.push_async_callback(retention.stop)
+            yield {
+                "store": store,
+                "readiness": Readiness(store, lifecycle),
+                "limits": RateLimiter(
+                    clock,
+                    {
+                        "requests": Limit(settings.rate_limit_per_second, settings.rate_limit_burst),
+                        "reads": Limit(settings.rate_limit_reads_per_second, settings.rate_limit_reads_burst),
+                    },
+                ),
+                "auth": Authenticator(store, hash_key, settings.auth_cache_seconds, clock),
+                "vault": Vault(
+                    store,
+                    keyring,
+                    hash_key,
+                    settings.max_secrets_per_project,
+                    clock,
+                    versions_kept=settings.secret_versions_kept,
+                ),
+            }
 
     app = Starlette(
-        routes=routes,
+        # /metrics on the service's port, unless it has a port of its own (served by the lifespan).
+        routes=routes if settings.metrics_port is not None else [*routes, METRICS_ROUTE],
         middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
         exception_handlers={ServiceError: responses.service_error, HTTPException: responses.http_error},
         lifespan=lifespan,
@@ -138,3 +157,9 @@ def create_app(
     # client that follows redirects would take its API key and value to any host named there.
     app.router.redirect_slashes = False
     return app
+
+
+def _stop_metrics_server(server: WSGIServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

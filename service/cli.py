@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from service import logs
 from service.accounts.model import SCOPES
 from service.clock import SystemClock
 from service.errors import ServiceError
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args)
         level = settings.logging_level if args.command in _LONG_RUNNING or args.verbose else logging.WARNING
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logs.configure(level, json_lines=settings.log_format == "json")
         return _run(settings, args)
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

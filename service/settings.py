@@ -150,6 +150,16 @@ def _port(raw: str) -> int:
     return int(port)
 
 
+def _lower_one_of(*choices: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -179,12 +189,22 @@ class Settings:
     )
     relay_shutdown_seconds: float = _setting("RELAY_SHUTDOWN_SECONDS", 5.0, _at_least(0.001, float))
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of(*LOG_LEVELS))
+    # text (a terminal's) or json (one object per line, for a log collector).
+    log_format: str = _setting("LOG_FORMAT", "text", _lower_one_of("text", "json"))
     # What a connection may hold before it is authenticated (see service/http/server.py).
     http_max_head_bytes: int = _setting("HTTP_MAX_HEAD_BYTES", 16384, _at_least(1024, int))
     http_head_timeout_seconds: float = _setting("HTTP_HEAD_TIMEOUT_SECONDS", 10.0, _at_least(0.1, float))
     http_body_timeout_seconds: float = _setting("HTTP_BODY_TIMEOUT_SECONDS", 10.0, _at_least(0.1, float))
     http_keepalive_seconds: int = _setting("HTTP_KEEPALIVE_SECONDS", 5, _at_least(1, int))
     http_max_concurrency: int = _setting("HTTP_MAX_CONCURRENCY", 1024, _at_least(1, int))
+    # Per API key and per replica: requests, and value reads apart (0 per second: no limit).
+    rate_limit_per_second: float = _setting("RATE_LIMIT_PER_SECOND", 100.0, _at_least(0.0, float))
+    rate_limit_burst: int = _setting("RATE_LIMIT_BURST", 200, _at_least(1, int))
+    rate_limit_reads_per_second: float = _setting("RATE_LIMIT_READS_PER_SECOND", 50.0, _at_least(0.0, float))
+    rate_limit_reads_burst: int = _setting("RATE_LIMIT_READS_BURST", 500, _at_least(1, int))
+    # GET /metrics is on the service's port unless METRICS_PORT names a port of its own (then only there).
+    metrics_port: int | None = _setting("METRICS_PORT", None, _port)
+    metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", _text)
     # How long a SIGTERM'd process answers /readyz 503 before it stops accepting connections.
     shutdown_drain_seconds: float = _setting("SHUTDOWN_DRAIN_SECONDS", 2.0, _at_least(0.0, float))
 

@@ -215,10 +215,10 @@ def test_dockerfile_exposes_the_port_it_serves_on():
     assert served_port() in exposed, f"CMD serves on {served_port()}, EXPOSE lists {exposed}"
 
 
-def test_dockerfile_healthcheck_probes_healthz_on_the_served_port():
+def test_dockerfile_healthcheck_probes_readyz_on_the_served_port():
     checks = [args for kw, args in final_stage() if kw == "HEALTHCHECK"]
     assert checks, "Dockerfile has no HEALTHCHECK"
-    assert f"127.0.0.1:{served_port()}/healthz" in checks[-1]
+    assert f"127.0.0.1:{served_port()}/readyz" in checks[-1]
     assert "urllib" in checks[-1], "the slim image has no curl/wget; use python's urllib"
 
 
@@ -413,12 +413,12 @@ def test_dependencies_with_healthchecks_are_probed(services: dict[str, dict]):
                 )
 
 
-def test_service_healthchecks_probe_healthz_on_the_served_port(services: dict[str, dict]):
+def test_service_healthchecks_probe_readyz_on_the_served_port(services: dict[str, dict]):
     for name, svc in repo_services(services).items():
         test = svc.get("healthcheck", {}).get("test")
         assert test, f"{name} has no healthcheck"
         text = " ".join(test) if isinstance(test, list) else test
-        assert f"127.0.0.1:{served_port()}/healthz" in text, f"{name} healthcheck: {text}"
+        assert f"127.0.0.1:{served_port()}/readyz" in text, f"{name} healthcheck: {text}"
 
 
 def test_keys_come_from_compose_secrets_not_the_environment(compose: dict, services: dict[str, dict]):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "service"
-KIT = {"service.ids", "service.clock", "service.errors", "service.crypto"}
+KIT = {"service.ids", "service.clock", "service.errors", "service.crypto", "service.metrics", "service.logs"}
 ASSEMBLY = {"service.app", "service.cli", "service.settings"}
 
 # Room -> what it may import, besides itself and the kit.

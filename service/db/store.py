@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from service import metrics
 from service.db.plan import Fetch, Plan, WriteJob, batch_plan, single
 from service.db.url import Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
@@ -138,6 +140,7 @@ class GroupCommitter:
     async def _commit(self, conn: Connection, batch: list[_Queued]) -> bool:
         """Commit a batch and answer each job; False when the connection was lost."""
         jobs = [queued.job for queued in batch]
+        started_at = time.perf_counter()
         try:
             outcomes = await conn.run(
                 batch_plan(jobs), write=True, scrub=any(job.scrubs_old_values for job in jobs)
@@ -154,11 +157,15 @@ class GroupCommitter:
             error = self._database.fault(exc)
             if isinstance(error, StorageFull) and not self.storage_full:
                 self.storage_full = True
+                metrics.STORAGE_FULL.set(1)
                 logger.error("the database's storage is full: writes answer 503 until space is freed")
             _answer(batch[0].future, error=error or exc)
             return True
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started_at)
+        metrics.COMMIT_BATCH.observe(len(batch))
         if self.storage_full:
             self.storage_full = False
+            metrics.STORAGE_FULL.set(0)
             logger.warning("the database's storage has room again: writes resume")
         if any(job.writes_events for job in jobs):
             self._on_events_committed()

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from service import metrics
 from service.clock import Clock, iso_utc
 from service.db.lease import Lease
 from service.db.plan import Execute, Fetch, StatementJob
@@ -32,6 +33,7 @@ _PRUNE_EVERY_SECONDS = 60.0
 # Under load a commit lands every few ms; gathering them for a moment makes fewer, fuller rounds.
 _GATHER_SECONDS = 0.02
 _NOT_YET = float("inf")
+_MEASURE_EVERY_SECONDS = 5.0
 
 
 class Progress(Protocol):
@@ -50,6 +52,10 @@ class Progress(Protocol):
     def prune(self, before: str, limit: int) -> Execute: ...
 
     def count_pending(self) -> Fetch: ...
+
+    def backlog(self) -> Fetch:
+        """(how many, created_at of the oldest) of the events not yet published."""
+        ...
 
 
 class CursorProgress:
@@ -79,6 +85,9 @@ class CursorProgress:
 
     def count_pending(self) -> Fetch:
         return sql.count_after_cursor()
+
+    def backlog(self) -> Fetch:
+        return sql.backlog_after(self._cursor or 0)
 
 
 class MarkedProgress:
@@ -117,6 +126,9 @@ class MarkedProgress:
     def count_pending(self) -> Fetch:
         return sql.count_unmarked()
 
+    def backlog(self) -> Fetch:
+        return sql.unmarked_backlog()
+
 
 def progress_for(store: Store) -> Progress:
     return CursorProgress() if store.single_writer else MarkedProgress()
@@ -154,6 +166,7 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
+        self._next_measure = 0.0
         self.progress = progress_for(store)
         self._records: set[asyncio.Future[Any]] = set()
 
@@ -187,7 +200,10 @@ class OutboxRelay:
             # A stop() during this round still gets one more round for what committed meanwhile.
             final_round = self._stopping
             try:
-                if await self._lease.held():
+                leader = await self._lease.held()
+                metrics.RELAY_LEADER.set(1 if leader else 0)
+                if leader:
+                    await self._measure_backlog()
                     while await self.publish_round() == BATCH:
                         pass
                     if self._clock.monotonic() >= self._next_prune:
@@ -197,6 +213,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                metrics.PUBLISH_FAILURES.inc()
                 logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 if self._stopping:
                     return
@@ -218,6 +235,7 @@ class OutboxRelay:
         if not events:
             return 0
         await self._publisher.publish(events)
+        metrics.PUBLISHED.inc(len(events))
         # Recorded in the background: the next round need not wait for this commit (see the progress classes).
         record = asyncio.ensure_future(
             self._store.write(StatementJob(self.progress.published(events, iso_utc(self._clock.now()))))
@@ -225,6 +243,17 @@ class OutboxRelay:
         self._records.add(record)
         record.add_done_callback(lambda done: self._recorded(done, events))
         return len(events)
+
+    async def _measure_backlog(self) -> None:
+        """The outbox backlog for the metrics, counted at most every few seconds (a count is a scan)."""
+        now = self._clock.monotonic()
+        if now < self._next_measure:
+            return
+        self._next_measure = now + _MEASURE_EVERY_SECONDS
+        count, oldest = (await self._store.fetch(self.progress.backlog()))[0]
+        metrics.OUTBOX_PENDING.set(int(count))
+        age = (self._clock.now() - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        metrics.OUTBOX_OLDEST_SECONDS.set(max(0.0, age))
 
     def _recorded(self, record: asyncio.Future[Any], events: list[OutboxEvent]) -> None:
         self._records.discard(record)

@@ -54,6 +54,11 @@ def count_unmarked() -> Fetch:
     return Fetch("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
 
 
+def unmarked_backlog() -> Fetch:
+    """(how many, created_at of the oldest) of the unpublished events."""
+    return Fetch("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")
+
+
 # A cursor (single writer)
 
 
@@ -93,3 +98,8 @@ def count_after_cursor() -> Fetch:
     return Fetch(
         "SELECT COUNT(*) FROM outbox WHERE seq > (SELECT published_seq FROM relay_progress WHERE id = 1)"
     )
+
+
+def backlog_after(seq: int) -> Fetch:
+    """(how many, created_at of the oldest) of the events after seq."""
+    return Fetch("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE seq > ?", (seq,))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import traceback
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import ids
+from service import ids, logs, metrics
 from service.errors import PayloadTooLarge
 from service.http.responses import error_response
 
@@ -48,20 +49,25 @@ class EdgeMiddleware:
             elif name == b"content-length":
                 too_large = value.isdigit() and int(value) > self.max_body_bytes
         request_id = request_id or ids.request_id()
+        logs.REQUEST_ID.set(request_id)
+        started_at = time.perf_counter()
+        status = 500
         # Each request gets its own copy of the lifespan state (as uvicorn does, though not every server).
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         id_header = (b"x-request-id", request_id.encode())
         started = False
 
         async def edge_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
 
         if too_large:
             await error_response(413, PayloadTooLarge.error, self._too_large())(scope, receive, edge_send)
+            _count(scope, status, started_at)
             return
         received = 0
 
@@ -78,6 +84,7 @@ class EdgeMiddleware:
             await self.app(scope, limited_receive, edge_send)
         except ClientDisconnect:
             # The client went away mid-request: nothing to answer, and nothing wrong here.
+            status = 499
             logger.info("client disconnected during %s %r", scope["method"], scope["path"])
         except Exception as exc:
             frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -87,6 +94,15 @@ class EdgeMiddleware:
             if not started:
                 response = error_response(500, "Internal Server Error", "An unexpected error occurred")
                 await response(scope, receive, edge_send)
+        _count(scope, status, started_at)
 
     def _too_large(self) -> str:
         return f"Request body must be at most {self.max_body_bytes} bytes"
+
+
+def _count(scope: Scope, status: int, started_at: float) -> None:
+    """The request in the metrics, by its route's template (never its path: a path can name a secret)."""
+    route = scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    metrics.REQUESTS.labels(template, scope["method"], str(status)).inc()
+    metrics.REQUEST_SECONDS.labels(template, scope["method"]).observe(time.perf_counter() - started_at)

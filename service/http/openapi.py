@@ -66,6 +66,7 @@ _REASONS = {
     412: "Precondition Failed: If-Match names another version (the answer's ETag is the current one)",
     413: "Request body too large",
     422: "Unprocessable Entity",
+    429: "Too Many Requests: the API key is over its rate limit (per replica); retry after Retry-After seconds",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -94,8 +95,17 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*codes: int, reasons: dict[int, str] | None = None) -> dict[str, Any]:
+    """Error answers; an operation that authenticates (401) is also rate limited (429)."""
     reasons = {**_REASONS, **(reasons or {})}
-    return {str(code): {"description": reasons[code], **_json(_ERROR)} for code in codes}
+    answers = {str(code): {"description": reasons[code], **_json(_ERROR)} for code in codes}
+    if 401 in codes:
+        retry_after = {"description": "Seconds to wait", "schema": {"type": "string"}}
+        answers["429"] = {
+            "description": reasons[429],
+            **_json(_ERROR),
+            "headers": {"Retry-After": retry_after},
+        }
+    return dict(sorted(answers.items()))
 
 
 def _needs(scope: str) -> list[dict[str, list[str]]]:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service import logs, metrics
 from service.accounts.model import MANAGE, READ, VIEW, Principal
 from service.http.openapi import openapi_document
 from service.http.responses import NO_STORE, JSONResponse, secret_metadata, secret_value, tagged
@@ -33,9 +34,13 @@ def presented_key(headers: Headers) -> str | None:
 
 
 async def caller(request: Request, scope: str) -> Principal:
-    """The authenticated caller, if its key holds `scope` (401 without a valid key, 403 without the scope)."""
+    """The authenticated caller, if its key holds `scope` (401 without a valid key, 403 without the
+    scope) and is within its rate limit (429): value reads count against a limit of their own."""
     principal: Principal = await request.state.auth.authenticate(presented_key(request.headers))
+    logs.PROJECT_ID.set(principal.project_id)
+    logs.API_KEY_ID.set(principal.api_key_id)
     principal.require(scope)
+    request.state.limits.take(principal.api_key_id, "reads" if scope == READ else "requests")
     return principal
 
 
@@ -131,6 +136,14 @@ async def ready(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
+
+
+async def metrics_text(request: Request) -> Response:
+    """Every metric in the Prometheus text format (on the service's port unless METRICS_PORT is set)."""
+    return Response(metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE, **NO_STORE})
+
+
+METRICS_ROUTE = Route("/metrics", metrics_text, methods=["GET"])
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

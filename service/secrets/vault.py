@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from service import ids
+from service import ids, metrics
 from service.accounts.model import Principal
 from service.clock import Clock, iso_utc
 from service.crypto import Binding, Keyring, derive_key, keyed_fingerprint, seal
@@ -253,6 +253,7 @@ class Vault:
                 "The read could not be recorded, so no value is returned; retry"
             ) from None
         if isinstance(outcome, Unreadable):
+            metrics.DECRYPTION_FAILURES.inc()
             logger.error(
                 "secret value unreadable: secret %s version %d (%s); a platform fault, not the caller's",
                 outcome.secret_id,

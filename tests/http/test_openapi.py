@@ -27,7 +27,7 @@ def test_vendored_contract_is_the_shared_one() -> None:
 @pytest.mark.asyncio
 async def test_create_operation_is_the_contract_plus_what_the_readme_lists(client: httpx.AsyncClient) -> None:
     """LangWatch's POST /api/secrets, with the additions the README names and nothing else:
-    the 255-character name limit, `version` in the metadata, and more answers (403, 413, 503)."""
+    the 255-character name limit, `version` in the metadata, and more answers (403, 413, 429, 503)."""
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     served = response.json()
@@ -45,7 +45,7 @@ async def test_create_operation_is_the_contract_plus_what_the_readme_lists(clien
         if status == "201":
             assert properties.pop("version")["type"] == "integer"
         assert content == response_spec["content"], status
-    assert set(ours["responses"]) - set(theirs["responses"]) == {"403", "413", "503"}
+    assert set(ours["responses"]) - set(theirs["responses"]) == {"403", "413", "429", "503"}
     assert served["components"]["securitySchemes"]["project_api_key"]["name"] == "X-Auth-Token"
     assert served["security"] == contract["security"]
 

@@ -33,6 +33,9 @@ def make_env(database_url: str, **overrides: str) -> dict[str, str]:
         "OUTBOX_POLL_SECONDS": "0.2",
         "RELAY_SHUTDOWN_SECONDS": "2",
         "LOG_LEVEL": "INFO",
+        # Off unless a test is about them: other tests send bursts from one key.
+        "RATE_LIMIT_PER_SECOND": "0",
+        "RATE_LIMIT_READS_PER_SECOND": "0",
     }
     env.update(overrides)
     return env
