@@ -6,7 +6,7 @@
 #   docker build -t secrets-service .
 #   docker run --rm secrets-service secrets-service keys generate             # a SECRETS_MASTER_KEYS entry
 #   docker run --rm secrets-service secrets-service keys generate --hash-key  # an API_KEY_HASH_KEY
-#   docker run -d -p 8000:8000 -v secrets-data:/app/data \
+#   docker run -d -p 127.0.0.1:8000:8000 -v secrets-data:/app/data \
 #     -v "$PWD/secrets/master_keys:/run/secrets/master_keys:ro" \
 #     -v "$PWD/secrets/api_key_hash_key:/run/secrets/api_key_hash_key:ro" \
 #     -e SECRETS_MASTER_KEYS_FILE=/run/secrets/master_keys \

@@ -335,6 +335,10 @@ def test_default_secrets_service_serves_and_publishes_its_port(services: dict[st
     assert served_port() in published_container_ports(svc), (
         f"`secrets` publishes {svc.get('ports')} but serves on {served_port()}"
     )
+    # Plain HTTP is published on the host's loopback only, never on every interface.
+    for entry in svc.get("ports") or []:
+        host_ip = entry.get("host_ip") if isinstance(entry, dict) else str(entry).split(":")[0]
+        assert host_ip == "127.0.0.1", f"`secrets` publishes {entry} beyond loopback"
 
 
 def test_default_secrets_service_keeps_sqlite_on_a_volume(compose: dict, services: dict[str, dict]):
@@ -731,3 +735,5 @@ def test_the_docker_run_example_keeps_the_database_and_reaches_kafka(argv: list[
         path = env.get(f"{var}_FILE")
         assert path and any(v.split(":")[1] == path for v in volumes), f"{var}_FILE is not a mounted file"
     assert argv[-1] == "secrets-service"
+    published = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-p"]
+    assert published and all(p.startswith("127.0.0.1:") for p in published), "plain HTTP beyond loopback"
