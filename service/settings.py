@@ -94,8 +94,10 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Parser:
 
 
 def _one_of(*choices: str) -> Parser:
+    """One of `choices`, whatever the case it is written in (they are all upper or all lower case)."""
+
     def parse(raw: str) -> str:
-        value = raw.strip().upper()
+        value = raw.strip().upper() if choices[0].isupper() else raw.strip().lower()
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return value
@@ -150,16 +152,6 @@ def _port(raw: str) -> int:
     return int(port)
 
 
-def _lower_one_of(*choices: str) -> Parser:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -190,7 +182,7 @@ class Settings:
     relay_shutdown_seconds: float = _setting("RELAY_SHUTDOWN_SECONDS", 5.0, _at_least(0.001, float))
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of(*LOG_LEVELS))
     # text (a terminal's) or json (one object per line, for a log collector).
-    log_format: str = _setting("LOG_FORMAT", "text", _lower_one_of("text", "json"))
+    log_format: str = _setting("LOG_FORMAT", "text", _one_of("text", "json"))
     # What a connection may hold before it is authenticated (see service/http/server.py).
     http_max_head_bytes: int = _setting("HTTP_MAX_HEAD_BYTES", 16384, _at_least(1024, int))
     http_head_timeout_seconds: float = _setting("HTTP_HEAD_TIMEOUT_SECONDS", 10.0, _at_least(0.1, float))
