@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -29,7 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from service.crypto import Keyring
 from service.db.url import DatabaseURL
-from service.events.kafka import KafkaConnection
+from service.events.kafka import PROTOCOLS, SASL_MECHANISMS, KafkaConnection
 
 T = TypeVar("T")
 
@@ -145,6 +146,34 @@ def _secret_text(raw: str) -> Secret[str]:
     return Secret(_text(raw))
 
 
+def _readable_file(raw: str) -> str:
+    """A path to a file this process can read (the message never quotes it: a key may be pasted here)."""
+    path = raw.strip()
+    if path.startswith("-----BEGIN") or "\n" in path:
+        raise ValueError("must be the path of a PEM file, not its contents")
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except FileNotFoundError:
+        raise ValueError("names a file that does not exist") from None
+    except IsADirectoryError:
+        raise ValueError("names a directory, not a file") from None
+    except PermissionError:
+        raise ValueError("names a file this process may not read") from None
+    except OSError as exc:
+        raise ValueError(f"names a file that cannot be read ({type(exc).__name__})") from None
+    return path
+
+
+def _ca_file(raw: str) -> str:
+    path = _readable_file(raw)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except (ssl.SSLError, ValueError):
+        raise ValueError("holds no PEM CA certificate") from None
+    return path
+
+
 def _port(raw: str) -> int:
     port = _at_least(1, int)(raw)
     if port > 65535:
@@ -169,6 +198,14 @@ class Settings:
     kafka_topic_partitions: int = _setting("KAFKA_TOPIC_PARTITIONS", 6, _at_least(1, int))
     kafka_replication_factor: int = _setting("KAFKA_REPLICATION_FACTOR", 1, _at_least(1, int))
     kafka_timeout_seconds: float = _setting("KAFKA_TIMEOUT_SECONDS", 10.0, _at_least(0.001, float))
+    kafka_security_protocol: str = _setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _one_of(*PROTOCOLS))
+    kafka_sasl_mechanism: str | None = _setting("KAFKA_SASL_MECHANISM", None, _one_of(*SASL_MECHANISMS))
+    kafka_sasl_username: str | None = _setting("KAFKA_SASL_USERNAME", None, _text)
+    # A secret: may come from KAFKA_SASL_PASSWORD_FILE.
+    kafka_sasl_password: Secret[str] | None = _setting("KAFKA_SASL_PASSWORD", None, _secret_text)
+    kafka_ssl_cafile: str | None = _setting("KAFKA_SSL_CAFILE", None, _ca_file)
+    kafka_ssl_certfile: str | None = _setting("KAFKA_SSL_CERTFILE", None, _readable_file)
+    kafka_ssl_keyfile: str | None = _setting("KAFKA_SSL_KEYFILE", None, _readable_file)
     event_source: str = _setting("EVENT_SOURCE", "secrets-service", _text)
     sqlite_synchronous: str = _setting("SQLITE_SYNCHRONOUS", "FULL", _one_of("FULL", "EXTRA", "NORMAL"))
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 262144, _at_least(1024, int))
@@ -232,6 +269,9 @@ class Settings:
         settings.database  # noqa: B018 -- DATABASE_URL and DATABASE_PASSWORD must agree
         return settings
 
+    def __post_init__(self) -> None:
+        _check_kafka_security(self)
+
     @property
     def database(self) -> DatabaseURL:
         url = DatabaseURL.parse(self.database_url)
@@ -251,13 +291,65 @@ class Settings:
 
     @property
     def kafka(self) -> KafkaConnection:
+        password = self.kafka_sasl_password
         return KafkaConnection(
-            bootstrap_servers=self.kafka_bootstrap_servers, timeout_seconds=self.kafka_timeout_seconds
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            timeout_seconds=self.kafka_timeout_seconds,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=None if password is None else password.reveal(),
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
         )
 
     @property
     def logging_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """The Kafka settings that only make sense together; each message names the variable to fix."""
+    protocol = settings.kafka_security_protocol
+    sasl = {
+        "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    tls = {
+        "KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+    }
+    for name, value in sasl.items():
+        if protocol.startswith("SASL_") and value is None:
+            raise ConfigurationError(f"{name} is required when KAFKA_SECURITY_PROTOCOL is {protocol}")
+        if not protocol.startswith("SASL_") and value is not None:
+            raise ConfigurationError(
+                f"{name} is set but KAFKA_SECURITY_PROTOCOL is {protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+    for name, value in tls.items():
+        if protocol not in ("SSL", "SASL_SSL") and value is not None:
+            raise ConfigurationError(
+                f"{name} is set but KAFKA_SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL"
+            )
+    certfile, keyfile = settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
+    if (certfile is None) != (keyfile is None):
+        missing = "KAFKA_SSL_KEYFILE" if keyfile is None else "KAFKA_SSL_CERTFILE"
+        raise ConfigurationError(f"{missing} is required for mutual TLS (set both or neither)")
+    if certfile is not None and keyfile is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile, keyfile, password=_no_password)
+        except (ssl.SSLError, ValueError, OSError):
+            raise ConfigurationError(
+                "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are not a PEM certificate and its unencrypted key"
+            ) from None
+
+
+def _no_password() -> str:
+    """An encrypted key fails to load instead of prompting on the terminal."""
+    raise ValueError("encrypted key")
 
 
 def _holds_secret(hint: Any) -> bool:
