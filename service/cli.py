@@ -142,12 +142,17 @@ def _audit_consume(settings: Settings, args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from service.events.audit import consume
+    from service.events.faults import KafkaFailure
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
                 consume(settings.kafka, settings.kafka_topic, args.output, args.group, args.idle_exit_seconds)
             )
+    except KafkaFailure as exc:
+        # It could not join: the cause, named (a refused password, an untrusted CA, no broker there, ...).
+        print(f"error: audit-consume cannot read from Kafka: {exc}", file=sys.stderr)
+        return 1
     except (KafkaError, OSError, TimeoutError) as exc:
         print(
             f"error: cannot consume {settings.kafka_topic} from {settings.kafka_bootstrap_servers}"

@@ -7,6 +7,7 @@ including ids written before a restart (it reads its own log back at start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from service.events.faults import KafkaFailure, explain, kafka_log_watch
 from service.events.kafka import KafkaConnection
 
 logger = logging.getLogger("service.events")
@@ -54,9 +56,15 @@ async def consume(
     group_id: str,
     idle_exit_seconds: float | None = None,
 ) -> int:
-    """Consume until cancelled (or idle for idle_exit_seconds); returns how many new events were written."""
+    """Consume until cancelled (or idle for idle_exit_seconds); returns how many new events were written.
+
+    Raises KafkaFailure, naming the cause, when it cannot join the cluster at start. Later
+    connection faults are logged by the Kafka log watch, at most once per cause per 30 s,
+    while the consumer reconnects by itself.
+    """
     seen = _seen_ids(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    kafka_log_watch().report_with(connection)
     consumer = AIOKafkaConsumer(
         topic,
         **connection.consumer_options(),
@@ -64,7 +72,14 @@ async def consume(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await asyncio.wait_for(consumer.start(), 30)
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(consumer.start(), 30)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+        raise KafkaFailure(explain(exc, connection, started)) from exc
+    logger.info("consuming %s from Kafka at %s as group %s", topic, connection.for_logs, group_id)
     written = 0
     last_event = time.monotonic()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from service.events.faults import KafkaFailure, explain, kafka_log_watch
 from service.events.kafka import KafkaConnection
 from service.events.model import OutboxEvent, kafka_headers
 
@@ -19,9 +21,14 @@ logger = logging.getLogger("service.events")
 _TOPIC_ALREADY_EXISTS = 36
 
 
+class PublishFailed(KafkaFailure):
+    """The broker did not acknowledge; the message says why, in words safe to log (never a secret)."""
+
+
 class Publisher(Protocol):
     async def publish(self, events: Sequence[OutboxEvent]) -> None:
-        """Publish in order and return once every event is acknowledged; raise if any is not."""
+        """Publish in order and return once every event is acknowledged; raise if any is not
+        (PublishFailed says why)."""
         ...
 
     async def close(self) -> None: ...
@@ -32,6 +39,8 @@ class KafkaPublisher:
 
     Records are keyed by the event's subject (the secret id) and sent to partition
     crc32(key) mod partitions, so one secret's events share a partition, in order.
+    A failure is raised as PublishFailed naming its cause (aiokafka's own error often
+    does not: see service.events.faults).
     """
 
     def __init__(
@@ -50,9 +59,11 @@ class KafkaPublisher:
         self._replication_factor = replication_factor
         self._producer: AIOKafkaProducer | None = None
         self._topic_ready = False
+        kafka_log_watch()  # aiokafka's log kept quiet, its faults kept for explain()
 
     async def publish(self, events: Sequence[OutboxEvent]) -> None:
         """Publish in order and wait for every acknowledgement; a record batch per partition, not a send per event."""
+        attempt = time.monotonic()
         try:
             producer = await self._ready_producer()
             async with asyncio.timeout(self._connection.timeout_seconds):
@@ -78,6 +89,12 @@ class KafkaPublisher:
                 for partition, batch in batches.items():
                     futures.append(await producer.send_batch(batch, self._topic, partition=partition))
                 await asyncio.gather(*futures)
+        except PublishFailed:
+            await self.close()
+            raise
+        except Exception as exc:
+            await self.close()
+            raise PublishFailed(explain(exc, self._connection, attempt)) from exc
         except BaseException:
             await self.close()
             raise
@@ -122,7 +139,7 @@ class KafkaPublisher:
                 )
             for _topic, code, *_ in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise RuntimeError(f"creating topic {self._topic!r} failed with error code {code}")
+                    raise PublishFailed(f"creating topic {self._topic} failed with Kafka error code {code}")
                 if code == 0:
                     logger.info("created topic %s", self._topic)
         finally:
@@ -135,8 +152,12 @@ class KafkaPublisher:
 
 
 async def bounded(awaitable: Awaitable[Any], seconds: float) -> None:
-    """Await a Kafka client's close for at most `seconds`; a failure to close is logged, not raised."""
+    """Await a Kafka client's close for at most `seconds`; a failure to close is logged, not raised.
+
+    Only at DEBUG: it happens after every failed attempt while the broker is away (a
+    producer cannot flush then), and the outage itself is what the log reports.
+    """
     try:
         await asyncio.wait_for(awaitable, seconds)
     except Exception as exc:
-        logger.warning("Kafka client did not close cleanly: %s", type(exc).__name__)
+        logger.debug("Kafka client did not close cleanly: %s", type(exc).__name__)

@@ -22,7 +22,8 @@ from service.db.plan import Execute, Fetch, StatementJob
 from service.db.store import Store
 from service.events import sql
 from service.events.model import OutboxEvent
-from service.events.publisher import Publisher
+from service.events.outage import REMIND_SECONDS, OutageLog
+from service.events.publisher import Publisher, PublishFailed
 
 logger = logging.getLogger("service.events")
 
@@ -141,6 +142,10 @@ def _events(rows: Sequence[Sequence[Any]]) -> list[OutboxEvent]:
     ]
 
 
+class _Unpublished(Exception):
+    """A round's publish failed (already in the outage log)."""
+
+
 class OutboxRelay:
     """Publishes pending outbox rows; woken after each commit, and polling besides."""
 
@@ -154,6 +159,7 @@ class OutboxRelay:
         poll_seconds: float = 0.5,
         retention_seconds: float = 7 * 24 * 3600.0,
         shutdown_seconds: float = 5.0,
+        outage_remind_seconds: float = REMIND_SECONDS,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -169,6 +175,7 @@ class OutboxRelay:
         self._next_measure = 0.0
         self.progress = progress_for(store)
         self._records: set[asyncio.Future[Any]] = set()
+        self.outage = OutageLog(clock, outage_remind_seconds)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -214,7 +221,9 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 metrics.PUBLISH_FAILURES.inc()
-                logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                # A publish failure is the outage log's to report; anything else (the database) is logged here.
+                if not isinstance(exc, _Unpublished):
+                    logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 if self._stopping:
                     return
                 await self._sleep(backoff)
@@ -234,7 +243,14 @@ class OutboxRelay:
         events = await self.progress.pending(self._store, BATCH)
         if not events:
             return 0
-        await self._publisher.publish(events)
+        try:
+            await self._publisher.publish(events)
+        except Exception as exc:
+            await self.outage.failed(
+                str(exc) if isinstance(exc, PublishFailed) else type(exc).__name__, self._pending
+            )
+            raise _Unpublished from exc
+        self.outage.succeeded()
         metrics.PUBLISHED.inc(len(events))
         # Recorded in the background: the next round need not wait for this commit (see the progress classes).
         record = asyncio.ensure_future(
@@ -254,6 +270,13 @@ class OutboxRelay:
         metrics.OUTBOX_PENDING.set(int(count))
         age = (self._clock.now() - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_SECONDS.set(max(0.0, age))
+
+    async def _pending(self) -> int | None:
+        """Events waiting in the outbox, for the outage log (None when the database cannot say)."""
+        try:
+            return int((await self._store.fetch(self.progress.count_pending()))[0][0])
+        except Exception:
+            return None
 
     def _recorded(self, record: asyncio.Future[Any], events: list[OutboxEvent]) -> None:
         self._records.discard(record)

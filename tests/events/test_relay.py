@@ -6,6 +6,7 @@ The Kafka side of the same paths runs against the real broker in test_kafka.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -46,7 +47,10 @@ def relay_on(settings: Settings) -> RelayFactory:
 
     @asynccontextmanager
     async def start(
-        publisher: InMemoryPublisher, lease: Lease | None = None, shutdown_seconds: float = 2.0
+        publisher: InMemoryPublisher,
+        lease: Lease | None = None,
+        shutdown_seconds: float = 2.0,
+        clock: FakeClock | None = None,
     ) -> AsyncIterator[tuple[Store, OutboxRelay]]:
         database = open_database(settings.database)
         await database.open()
@@ -57,7 +61,7 @@ def relay_on(settings: Settings) -> RelayFactory:
             store,
             publisher,
             lease or SoleLease(),
-            FakeClock(),
+            clock or FakeClock(),
             poll_seconds=0.05,
             shutdown_seconds=shutdown_seconds,
         )
@@ -153,4 +157,58 @@ async def test_shutdown_flushes_what_committed_during_the_last_round(
         second = await commit_events(store, ["b"])
         asyncio.get_running_loop().call_later(0.2, publisher.gate.set)
     assert [e.event_id for e in publisher.published] == first + second
+    assert await pending_events(settings) == 0
+
+
+async def test_a_broker_outage_is_logged_when_it_starts_every_30s_and_when_it_ends(
+    relay_on: RelayFactory, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.events")
+    publisher = InMemoryPublisher()
+    publisher.failures = 10**6
+    clock = FakeClock()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "service.events"]
+
+    async with relay_on(publisher, clock=clock) as (store, relay):
+
+        async def failed_attempts(n: int) -> None:
+            """Wake the relay out of its backoff until `n` more publishes have failed."""
+            target = publisher.calls + n
+
+            def done() -> bool:
+                relay.wake()
+                return publisher.calls >= target
+
+            await poll_until(done, 10, interval=0.02, what=f"{n} more publish attempts")
+
+        await commit_events(store, ["a", "b", "c"])
+        await failed_attempts(5)
+        assert lines() == [
+            "Kafka unavailable: the in-memory broker is down; events wait in the outbox (3 pending) "
+            "and go out when it is back"
+        ]
+        clock.advance(29)
+        await failed_attempts(3)
+        assert len(lines()) == 1, "a reminder came before 30 s"
+        clock.advance(1)
+        await failed_attempts(1)
+        assert len(lines()) == 2
+        assert lines()[1].startswith("Kafka still unavailable after 30s (")
+        assert lines()[1].endswith(": the in-memory broker is down; 3 events pending in the outbox")
+        clock.advance(20)
+        await failed_attempts(3)
+        assert len(lines()) == 2, "a second reminder came 20 s after the first"
+        clock.advance(15)
+        await failed_attempts(1)
+        assert len(lines()) == 3 and lines()[2].startswith("Kafka still unavailable after 65s (")
+
+        publisher.failures = 0
+        relay.wake()
+        await poll_until(lambda: len(publisher.published) == 3, 10, interval=0.02, what="the events")
+        await commit_events(store, ["d"])
+        await poll_until(lambda: len(publisher.published) == 4, 10, interval=0.02, what="a later event")
+    assert len(lines()) == 4, lines()
+    assert lines()[3].startswith("Kafka available again after 65s (")
     assert await pending_events(settings) == 0

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 from service.events.model import OutboxEvent
+from service.events.publisher import PublishFailed
 
 
 class InMemoryPublisher:
@@ -26,7 +27,7 @@ class InMemoryPublisher:
             await self.gate.wait()
         if self.failures:
             self.failures -= 1
-            raise ConnectionError("broker unavailable")
+            raise PublishFailed("the in-memory broker is down")
         self.published.extend(events)
 
     async def close(self) -> None:
