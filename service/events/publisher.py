@@ -83,12 +83,20 @@ class KafkaPublisher:
                     batch = batches.get(partition)
                     if batch is None or batch.append(**record) is None:
                         if batch is not None:
-                            futures.append(await producer.send_batch(batch, self._topic, partition=partition))
+                            futures.append(
+                                _retrieved(await producer.send_batch(batch, self._topic, partition=partition))
+                            )
                         batch = batches[partition] = producer.create_batch()
                         batch.append(**record)
                 for partition, batch in batches.items():
-                    futures.append(await producer.send_batch(batch, self._topic, partition=partition))
-                await asyncio.gather(*futures)
+                    futures.append(
+                        _retrieved(await producer.send_batch(batch, self._topic, partition=partition))
+                    )
+                # Not gather: cancelled by the timeout, it would cancel aiokafka's shields around the
+                # batches, whose failures (when the producer stops) then go unretrieved.
+                await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+                for future in futures:
+                    future.result()
         except PublishFailed:
             await self.close()
             raise
@@ -149,6 +157,13 @@ class KafkaPublisher:
         producer, self._producer = self._producer, None
         if producer is not None:
             await bounded(producer.stop(), 5)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """A send's future whose failure counts as seen even when the publish gave up on it first (asyncio
+    would log each such failure as "Future exception was never retrieved", with a stack)."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
 
 
 async def bounded(awaitable: Awaitable[Any], seconds: float) -> None:

@@ -160,6 +160,7 @@ class OutboxRelay:
         retention_seconds: float = 7 * 24 * 3600.0,
         shutdown_seconds: float = 5.0,
         outage_remind_seconds: float = REMIND_SECONDS,
+        retry_seconds: tuple[float, float] = (0.2, 5.0),
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -169,6 +170,8 @@ class OutboxRelay:
         self._retention = timedelta(seconds=retention_seconds)
         self._shutdown_seconds = shutdown_seconds
         self._wakeup = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._retry_seconds = retry_seconds
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
@@ -186,6 +189,7 @@ class OutboxRelay:
     async def stop(self) -> None:
         """Give the relay a bounded time to flush what is pending; the rest stays in the outbox."""
         self._stopping = True
+        self._stop_requested.set()
         self._wakeup.set()
         if self._task is not None:
             try:
@@ -201,7 +205,8 @@ class OutboxRelay:
         await self._lease.release()
 
     async def _run(self) -> None:
-        backoff = 0.2
+        first_retry, last_retry = self._retry_seconds
+        backoff = first_retry
         while True:
             self._wakeup.clear()
             # A stop() during this round still gets one more round for what committed meanwhile.
@@ -216,7 +221,7 @@ class OutboxRelay:
                     if self._clock.monotonic() >= self._next_prune:
                         self._next_prune = self._clock.monotonic() + _PRUNE_EVERY_SECONDS
                         await self.prune()
-                backoff = 0.2
+                backoff = first_retry
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -226,8 +231,10 @@ class OutboxRelay:
                     logger.warning("relay round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 if self._stopping:
                     return
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                # Commits do not cut a backoff short (under load they would make it a busy loop); stop() does.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), backoff)
+                backoff = min(backoff * 2, last_retry)
                 continue
             if final_round:
                 return

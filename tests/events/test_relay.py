@@ -51,6 +51,7 @@ def relay_on(settings: Settings) -> RelayFactory:
         lease: Lease | None = None,
         shutdown_seconds: float = 2.0,
         clock: FakeClock | None = None,
+        retry_seconds: tuple[float, float] = (0.2, 5.0),
     ) -> AsyncIterator[tuple[Store, OutboxRelay]]:
         database = open_database(settings.database)
         await database.open()
@@ -64,6 +65,7 @@ def relay_on(settings: Settings) -> RelayFactory:
             clock or FakeClock(),
             poll_seconds=0.05,
             shutdown_seconds=shutdown_seconds,
+            retry_seconds=retry_seconds,
         )
         await store.start()
         relay.start()
@@ -171,17 +173,11 @@ async def test_a_broker_outage_is_logged_when_it_starts_every_30s_and_when_it_en
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "service.events"]
 
-    async with relay_on(publisher, clock=clock) as (store, relay):
+    async with relay_on(publisher, clock=clock, retry_seconds=(0.001, 0.005)) as (store, _relay):
 
         async def failed_attempts(n: int) -> None:
-            """Wake the relay out of its backoff until `n` more publishes have failed."""
             target = publisher.calls + n
-
-            def done() -> bool:
-                relay.wake()
-                return publisher.calls >= target
-
-            await poll_until(done, 10, interval=0.02, what=f"{n} more publish attempts")
+            await poll_until(lambda: publisher.calls >= target, 10, interval=0.01, what=f"{n} more attempts")
 
         await commit_events(store, ["a", "b", "c"])
         await failed_attempts(5)
@@ -205,10 +201,22 @@ async def test_a_broker_outage_is_logged_when_it_starts_every_30s_and_when_it_en
         assert len(lines()) == 3 and lines()[2].startswith("Kafka still unavailable after 65s (")
 
         publisher.failures = 0
-        relay.wake()
         await poll_until(lambda: len(publisher.published) == 3, 10, interval=0.02, what="the events")
         await commit_events(store, ["d"])
         await poll_until(lambda: len(publisher.published) == 4, 10, interval=0.02, what="a later event")
     assert len(lines()) == 4, lines()
     assert lines()[3].startswith("Kafka available again after 65s (")
     assert await pending_events(settings) == 0
+
+
+async def test_commits_do_not_cut_the_backoff_after_a_failed_publish_short(relay_on: RelayFactory) -> None:
+    publisher = InMemoryPublisher()
+    publisher.failures = 10**6
+    async with relay_on(publisher, retry_seconds=(1.0, 1.0)) as (store, _relay):
+        await commit_events(store, ["a"])
+        await poll_until(lambda: publisher.calls >= 1, 10, interval=0.01, what="the first attempt")
+        # Each commit wakes the relay; during a backoff that must not mean another attempt.
+        for i in range(20):
+            await commit_events(store, [f"b{i}"])
+            await asyncio.sleep(0.02)
+        assert publisher.calls <= 2, f"{publisher.calls} attempts within one 1 s backoff"
