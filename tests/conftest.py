@@ -21,6 +21,7 @@ from service.settings import Settings
 from tests.support.app import make_env, make_project, serving
 from tests.support.database import fresh_postgres_database
 from tests.support.paths import ROOT
+from tests.support.service import Deployment, DeploymentFactory, Service
 
 _BACKENDS = [url.strip() for url in os.environ.get("TEST_DATABASE_URLS", "sqlite").split(",") if url.strip()]
 
@@ -76,3 +77,31 @@ def kafka_bootstrap() -> Iterator[str]:
     )
     assert started.returncode == 0, started.stderr[-2000:]
     yield started.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+async def deploy(tmp_path: Path) -> AsyncIterator[DeploymentFactory]:
+    """Make deployments (a `serve` process, not started, on a SQLite file of its own) against a
+    bootstrap address; every service started is killed at teardown."""
+    services: list[Service] = []
+
+    async def make(bootstrap: str, **overrides: str) -> Deployment:
+        workdir = tmp_path / f"deployment-{len(services)}"
+        workdir.mkdir()
+        env = make_env(
+            f"sqlite:///{workdir}/secrets.db",
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            OUTBOX_POLL_SECONDS="0.1",
+            **overrides,
+        )
+        settings = Settings.from_env(env)
+        project = await make_project(settings, "processes")
+        service = Service(env, workdir)
+        services.append(service)
+        return Deployment(service, settings, project, env["SECRETS_MASTER_KEYS"])
+
+    try:
+        yield make
+    finally:
+        for service in services:
+            service.kill()

@@ -1,4 +1,8 @@
-"""Kafka as tests read it: every record on a topic, and private brokers (scripts/kafka-local)."""
+"""Kafka as tests read it: every record on a topic, and private brokers (scripts/kafka-local).
+
+Where a helper takes `kafka`, it is a bootstrap address (a plaintext broker) or a
+KafkaConnection (any broker, e.g. a secured one).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,32 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from service.events.kafka import KafkaConnection
 from tests.support.paths import ROOT
 from tests.support.ports import free_broker_port
 from tests.support.waiting import poll_until
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+def connection_to(kafka: str | KafkaConnection) -> KafkaConnection:
+    return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(kafka)
+
+
+def client_options(kafka: str | KafkaConnection) -> dict[str, Any]:
+    return {**connection_to(kafka).client_options(), "request_timeout_ms": 10000}
+
+
+async def read_topic(
+    kafka: str | KafkaConnection, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
     """Every record on the topic, waiting until at least `expected` have arrived (or the timeout)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
-        request_timeout_ms=10000,
     )
     await asyncio.wait_for(consumer.start(), 30)
     records: list[Any] = []
@@ -40,13 +54,13 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     return records
 
 
-async def topic_snapshot(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+async def topic_snapshot(kafka: str | KafkaConnection, topic: str, timeout: float = 30.0) -> list[Any]:
     """Every record on the topic up to its current end offsets ([] while the topic does not exist)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     async with asyncio.timeout(timeout):
-        admin_client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        admin_client = AIOKafkaAdminClient(**client_options(kafka))
         await admin_client.start()
         try:
             (described,) = await admin_client.describe_topics([topic])
@@ -56,12 +70,11 @@ async def topic_snapshot(bootstrap: str, topic: str, timeout: float = 30.0) -> l
             return []
         partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(kafka),
             group_id=None,
             enable_auto_commit=False,
             # Not only a seek: with the default ("latest") the fetcher may reset past our seek.
             auto_offset_reset="earliest",
-            request_timeout_ms=10000,
         )
         await consumer.start()
         try:
@@ -83,7 +96,11 @@ async def topic_snapshot(bootstrap: str, topic: str, timeout: float = 30.0) -> l
 
 
 async def wait_for_records(
-    bootstrap: str, topic: str, done: Any, timeout: float = 60.0, what: str = "records on the topic"
+    kafka: str | KafkaConnection,
+    topic: str,
+    done: Any,
+    timeout: float = 60.0,
+    what: str = "records on the topic",
 ) -> list[Any]:
     """Snapshots of the topic until `done(records)` is true; returns the records that satisfied it."""
     found: list[Any] = []
@@ -91,7 +108,7 @@ async def wait_for_records(
     async def check() -> bool:
         nonlocal found
         try:
-            found = await topic_snapshot(bootstrap, topic)
+            found = await topic_snapshot(kafka, topic)
         except (TimeoutError, OSError):
             return False
         return bool(done(found))
@@ -104,15 +121,41 @@ def record_headers(record: Any) -> dict[str, str]:
     return {name: value.decode() for name, value in (record.headers or [])}
 
 
+async def topic_partitions(kafka: str | KafkaConnection, topic: str) -> dict[int, dict[str, Any]]:
+    """Partition -> its metadata from the admin API: `leader` (a node id, -1 while it has none),
+    `replicas` and `isr` (node ids)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin_client = AIOKafkaAdminClient(**client_options(kafka))
+    async with asyncio.timeout(30):
+        await admin_client.start()
+        try:
+            (described,) = await admin_client.describe_topics([topic])
+        finally:
+            await admin_client.close()
+    assert described["error_code"] == 0, (
+        f"describing {topic} failed with error code {described['error_code']}"
+    )
+    return {p["partition"]: p for p in described["partitions"]}
+
+
 class LocalBroker:
-    """A private scripts/kafka-local broker on its own port and data dir; `stop()` is safe to call always."""
+    """A private scripts/kafka-local broker (or cluster) on its own ports and data dir; `stop()` is safe to
+    call always.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_broker_port()
+    mode "plain": one PLAINTEXT node; "secure": one SASL_SSL (SCRAM-SHA-512) node, whose client
+    settings are `client_env()`; "cluster": three PLAINTEXT nodes, node K on port + K - 1.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, mode: str = "plain") -> None:
+        assert mode in ("plain", "secure", "cluster"), mode
+        self.mode = mode
+        self.nodes = 3 if mode == "cluster" else 1
+        self.port = port or free_broker_port(self.nodes)
         self.data_dir = data_dir
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = ",".join(f"127.0.0.1:{self.port + k}" for k in range(self.nodes))
 
-    def _run(self, action: str, timeout: float) -> str:
+    def _run(self, action: str, *extra: str, timeout: float) -> str:
         done = subprocess.run(
             [
                 str(ROOT / "scripts" / "kafka-local"),
@@ -121,6 +164,7 @@ class LocalBroker:
                 str(self.port),
                 "--data",
                 str(self.data_dir),
+                *extra,
             ],
             capture_output=True,
             text=True,
@@ -130,12 +174,38 @@ class LocalBroker:
         return done.stdout
 
     def start(self) -> str:
-        lines = self._run("start", timeout=240).strip().splitlines()
+        flags = {"plain": [], "secure": ["--secure"], "cluster": ["--brokers", "3"]}[self.mode]
+        lines = self._run("start", *flags, timeout=300).strip().splitlines()
         assert lines and lines[-1] == self.address, f"unexpected kafka-local output: {lines[-1:]}"
         return self.address
 
     def stop(self) -> None:
-        self._run("stop", timeout=120)
+        if self.data_dir.exists():
+            self._run("stop", timeout=120)
+
+    def stop_node(self, node: int, kill: bool = False) -> None:
+        """Stop one node of a cluster: SIGTERM (a controlled shutdown), or SIGKILL with `kill`."""
+        self._run("stop", "--node", str(node), *(["--kill"] if kill else []), timeout=120)
+
+    def client_env(self, user: str = "client") -> dict[str, str]:
+        """A secure broker's KAFKA_* settings for its client user ("client") or its admin ("admin")."""
+        path = self.data_dir / f"{user}.env"
+        lines = path.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def connection(self) -> KafkaConnection:
+        """How a test itself reaches this broker."""
+        if self.mode != "secure":
+            return KafkaConnection(self.address)
+        env = self.client_env()
+        return KafkaConnection(
+            self.address,
+            security_protocol=env["KAFKA_SECURITY_PROTOCOL"],
+            sasl_mechanism=env["KAFKA_SASL_MECHANISM"],
+            sasl_username=env["KAFKA_SASL_USERNAME"],
+            sasl_password=env["KAFKA_SASL_PASSWORD"],
+            ssl_cafile=env["KAFKA_SSL_CAFILE"],
+        )
 
     async def astart(self) -> str:
         return await asyncio.to_thread(self.start)

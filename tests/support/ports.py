@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 
@@ -12,15 +13,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_broker_port() -> int:
-    """A port N such that N and N + 1000 (kafka-local's controller port) are both free."""
+def free_broker_port(nodes: int = 1) -> int:
+    """A port N such that N..N+nodes-1 (kafka-local's client ports) and N+1000..N+999+nodes (its
+    controller ports) are all free, within 30000-39999."""
     for _ in range(200):
-        port = random.randint(20000, 29999)
+        port = random.randint(30000, 38999 - nodes)
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1000))
+            with contextlib.ExitStack() as stack:
+                for offset in [*range(nodes), *range(1000, 1000 + nodes)]:
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port + offset))
         except OSError:
             continue
         return port
-    raise RuntimeError("no free port pair for a private broker")
+    raise RuntimeError("no free ports for a private broker")

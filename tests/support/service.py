@@ -1,24 +1,38 @@
-"""A real `secrets-service serve` process: started on a free port, restarted, signalled, killed."""
+"""`secrets-service serve` as a real process: start, stop, kill, drive creates over HTTP, check the topic.
+
+Every process a test starts through these helpers is stopped at teardown by the fixture
+that made it (`deploy` in tests/conftest.py), also on failure.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from service.events.kafka import KafkaConnection
 from service.events.relay import CursorProgress
+from service.settings import Settings
+from tests.support.kafka import record_headers, wait_for_records
+from tests.support.leaks import CANARY, leaked
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 
 GRACEFUL_SECONDS = 10.0
+# A connection refused, reset or closed before any response: the request was not answered.
+UNANSWERED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def executable() -> str:
@@ -122,3 +136,133 @@ class Service:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc status")
+
+
+@dataclass
+class Deployment:
+    """A service (not started), its settings, and a project whose API key the test uses."""
+
+    service: Service
+    settings: Settings
+    project: dict[str, str]
+    master_keys: str
+
+    @property
+    def topic(self) -> str:
+        return self.settings.kafka_topic
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Auth-Token": self.project["apiKey"]}
+
+    async def list_secrets(self) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=self.service.url, timeout=30) as http:
+            response = await http.get("/api/secrets", headers=self.headers)
+        assert response.status_code == 200
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    def assert_logs_clean(self, *more: tuple[str, str], extra_logs: Sequence[bytes] = ()) -> None:
+        """No secret in the service's log (nor in `extra_logs`); `more` adds (label, secret) pairs."""
+        log = self.service.log_text()
+        assert log, "the service wrote no log at all: is its output captured?"
+        for label, secret in (
+            ("the canary value", CANARY),
+            ("the master key", self.master_keys),
+            ("the master key material", self.master_keys.split(":", 1)[-1]),
+            ("the API key", self.project["apiKey"]),
+            *more,
+        ):
+            assert not any(leaked(secret, blob) for blob in extra_logs), f"a log contains {label}"
+            assert not leaked(secret, log), f"the service log contains {label} (or its hex/base64)"
+
+
+DeploymentFactory = Callable[..., Any]
+
+
+DeploymentFactory = Callable[..., Any]
+
+
+@dataclass
+class Outcome:
+    name: str
+    at: float  # time.monotonic() when the answer (or the error) arrived
+    status: int | None = None
+    secret_id: str | None = None
+    error: type[BaseException] | None = None
+
+
+async def drive_creates(
+    deployment: Deployment,
+    names: Sequence[str],
+    concurrency: int,
+    on_outcome: Callable[[list[Outcome]], None] | None = None,
+    pause: float = 0.0,
+    stop: asyncio.Event | None = None,
+    outcomes: list[Outcome] | None = None,
+    timeout: float = 120,
+) -> list[Outcome]:
+    """POST a secret per name from `concurrency` workers; a worker stops at its first unanswered request.
+
+    Outcomes are appended to `outcomes` (when given) as they arrive, and returned.
+    """
+    pending = iter(names)
+    outcomes = [] if outcomes is None else outcomes
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=deployment.service.url, timeout=30, limits=limits) as http:
+
+        async def worker() -> None:
+            for name in pending:
+                if stop is not None and stop.is_set():
+                    return
+                value = CANARY if name.endswith("_0") else f"value-of-{name}"
+                try:
+                    response = await http.post(
+                        "/api/secrets", json={"name": name, "value": value}, headers=deployment.headers
+                    )
+                except UNANSWERED as exc:
+                    outcomes.append(Outcome(name, time.monotonic(), error=type(exc)))
+                    if on_outcome is not None:
+                        on_outcome(outcomes)
+                    return
+                body = response.json() if response.status_code == 201 else {}
+                outcomes.append(Outcome(name, time.monotonic(), response.status_code, body.get("id")))
+                if on_outcome is not None:
+                    on_outcome(outcomes)
+                if pause:
+                    await asyncio.sleep(pause)
+
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
+
+
+def created_ids(records: list[Any]) -> set[str]:
+    """Secret ids that have a secret.created event, by the secretId in the event data."""
+    return {
+        json.loads(r.value)["secretId"]
+        for r in records
+        if record_headers(r).get("ce_type") == "secret.created"
+    }
+
+
+async def assert_every_stored_secret_has_its_event(
+    deployment: Deployment, kafka: str | KafkaConnection, timeout: float = 90
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The API's list and the topic agree: every stored secret has a secret.created event, and no event
+    describes a secret that is not stored."""
+    listed = await deployment.list_secrets()
+    stored = {s["id"] for s in listed}
+    records = await wait_for_records(
+        kafka,
+        deployment.topic,
+        lambda rs: created_ids(rs) >= stored,
+        timeout=timeout,
+        what=f"secret.created events for all {len(stored)} stored secrets",
+    )
+    phantom = created_ids(records) - stored
+    assert not phantom, f"{len(phantom)} events describe secrets that are not stored"
+    names = {json.loads(r.value)["secretId"]: json.loads(r.value)["name"] for r in records}
+    assert all(names[s["id"]] == s["name"] for s in listed)
+    return listed, records
