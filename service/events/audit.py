@@ -64,7 +64,7 @@ async def consume(
     """
     seen = _seen_ids(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    kafka_log_watch().report_with(connection)
+    watch = kafka_log_watch()
     consumer = AIOKafkaConsumer(
         topic,
         **connection.consumer_options(),
@@ -79,6 +79,7 @@ async def consume(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
         raise KafkaFailure(explain(exc, connection, started)) from exc
+    watch.report_with(connection)  # from now on the consumer reconnects by itself: faults are only reported
     logger.info("consuming %s from Kafka at %s as group %s", topic, connection.for_logs, group_id)
     written = 0
     last_event = time.monotonic()

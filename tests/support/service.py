@@ -266,3 +266,32 @@ async def assert_every_stored_secret_has_its_event(
     names = {json.loads(r.value)["secretId"]: json.loads(r.value)["name"] for r in records}
     assert all(names[s["id"]] == s["name"] for s in listed)
     return listed, records
+
+
+async def audit_consume(
+    env: dict[str, str], workdir: Path, output: Path, group: str, idle_exit_seconds: float = 5
+) -> tuple[int, bytes]:
+    """Run `secrets-service audit-consume` until it has been idle `idle_exit_seconds`: its exit code and
+    its output (stdout and stderr)."""
+    log_path = workdir / f"audit-consume-{group}.log"
+    with log_path.open("ab") as log:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                executable(),
+                "audit-consume",
+                "--output",
+                str(output),
+                "--group",
+                group,
+                "--idle-exit-seconds",
+                str(idle_exit_seconds),
+            ],
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+    return done.returncode, log_path.read_bytes()
