@@ -191,6 +191,8 @@ def _fault_of(record: logging.LogRecord) -> Fault | None:
     where = None
     if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], int):
         where = f"{args[0]}:{args[1]}"  # 'Unable connect to "%s:%s": %s'
+    elif len(args) >= 2 and isinstance(args[0], int):
+        where = f"node {args[0]}"  # 'Unable connect to node with id %s: %s'
     return Fault(faults[0], where, time.monotonic())
 
 

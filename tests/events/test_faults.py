@@ -113,6 +113,9 @@ def test_connection_faults_are_kept_for_the_caller_not_logged(
     assert fault is not None and fault.exc is refused, (
         "the most telling fault (refused, not 'not ready') wins"
     )
+    assert (
+        cause(fault.exc, CONNECTION, fault.where) == "Kafka broker unreachable at node 1 (connection refused)"
+    )
     auth = errors.SaslAuthenticationFailed("invalid credentials")
     watch.handle(
         aiokafka_record("aiokafka", logging.ERROR, 'Unable connect to "%s:%s": %s', "127.0.0.1", 9093, auth)
