@@ -132,6 +132,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "serve":
+        # A database that refuses us (its TLS included) is one clear line here, not uvicorn's traceback.
+        asyncio.run(_check_database(settings))
         return _serve(settings, args)
     if args.command == "audit-consume":
         return _audit_consume(settings, args)
@@ -225,6 +227,15 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         revoked = await admin.revoke_api_key(store, clock, args.api_key_id)
         print(json.dumps({"apiKeyId": args.api_key_id, "revoked": revoked}))
         return 0 if revoked else 1
+
+
+async def _check_database(settings: Settings) -> None:
+    """Open and close the database once; one that cannot be reached or refuses us raises ServiceError."""
+    from service.db.dialect import open_database
+
+    database = open_database(settings.database, settings.sqlite_synchronous)
+    await database.open()
+    await database.close()
 
 
 async def _migrate(settings: Settings) -> int:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import ssl
 from typing import Any, TypeVar
 
 import asyncpg
 
 from service.db.plan import Execute, Fetch, Plan
-from service.db.url import Dialect
+from service.db.url import DatabaseTLSError, Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
 T = TypeVar("T")
@@ -56,6 +57,36 @@ _CONNECTION_ERRORS = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
 )
+
+
+# OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code carries them.
+_UNTRUSTED = {2, 18, 19, 20, 21, 27}
+_NAME_MISMATCH = {62, 64}
+
+
+def tls_failure(exc: BaseException, dsn: str) -> DatabaseTLSError | None:
+    """The clear error for a failed connection attempt, when TLS is what failed (else None)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message.rstrip(".")
+        if exc.verify_code in _UNTRUSTED:
+            reason = f"the server's certificate is not trusted by the CA in sslrootcert ({detail})"
+        elif exc.verify_code in _NAME_MISMATCH:
+            reason = f"host name mismatch ({detail})"
+        else:
+            reason = f"the server's certificate was rejected ({detail})"
+    elif isinstance(exc, ssl.SSLError):
+        reason = f"the TLS handshake failed ({exc.reason or type(exc).__name__})"
+    elif (
+        isinstance(exc, OSError)
+        and exc.filename is None
+        and "sslrootcert=" in dsn
+        and exc.errno in (2, 13, 21)
+    ):
+        # Raised while loading the CA file (ssl does not say which file): not found, not readable, a directory.
+        reason = f"the CA file named by sslrootcert cannot be read ({type(exc).__name__})"
+    else:
+        return None
+    return DatabaseTLSError(f"DATABASE_URL's TLS: {reason}")
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -127,12 +158,15 @@ class PostgresDatabase:
                 timeout=CONNECT_TIMEOUT_SECONDS,
                 command_timeout=STATEMENT_TIMEOUT_SECONDS,
             )
-        except asyncpg.PostgresError as exc:
-            # The server's words (no such database, authentication failed) never hold the password.
-            raise ServiceUnavailable(
-                f"PostgreSQL refused the connection ({exc}); check DATABASE_URL"
-            ) from None
         except Exception as exc:
+            tls = tls_failure(exc, self._dsn)
+            if tls is not None:
+                raise tls from None
+            if isinstance(exc, asyncpg.PostgresError):
+                # The server's words (no such database, authentication failed) never hold the password.
+                raise ServiceUnavailable(
+                    f"PostgreSQL refused the connection ({exc}); check DATABASE_URL"
+                ) from None
             if not is_connection_error(exc):
                 raise
             raise ServiceUnavailable(
@@ -148,12 +182,15 @@ class PostgresDatabase:
                 pool.terminate()
 
     async def connect(self, name: str) -> PostgresConnection:
-        conn = await asyncpg.connect(
-            self._dsn,
-            timeout=CONNECT_TIMEOUT_SECONDS,
-            command_timeout=STATEMENT_TIMEOUT_SECONDS,
-            server_settings={"application_name": f"secrets-service {name}"},
-        )
+        try:
+            conn = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                command_timeout=STATEMENT_TIMEOUT_SECONDS,
+                server_settings={"application_name": f"secrets-service {name}"},
+            )
+        except Exception as exc:
+            raise tls_failure(exc, self._dsn) or exc from None
         return PostgresConnection(conn)
 
     async def read(self, plan: Plan[T]) -> T:

@@ -7,7 +7,18 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from service.errors import ServiceUnavailable
+
 Dialect = Literal["sqlite", "postgresql"]
+
+
+class DatabaseTLSError(ServiceUnavailable):
+    """DATABASE_URL asks for TLS that cannot be set up or verified; the message says why, never the password.
+
+    Raised when a connection is opened (startup, reconnects), never to a client: requests
+    that find the database unreachable get the generic 503.
+    """
+
 
 _SCHEMES: dict[str, Dialect] = {
     "sqlite": "sqlite",

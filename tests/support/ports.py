@@ -13,6 +13,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_server_port() -> int:
+    """A free port for a long-lived server a test starts (PostgreSQL), within 30000-39999."""
+    return free_broker_port()
+
+
 def free_broker_port(nodes: int = 1) -> int:
     """A port N such that N..N+nodes-1 (kafka-local's client ports) and N+1000..N+999+nodes (its
     controller ports) are all free, within 30000-39999."""
