@@ -97,6 +97,7 @@ class Kill:
     pause_seconds: float  # the longest wait of an event committed within WINDOW_SECONDS of the kill
     creates_during_pause: int
     longest_wait_before_seconds: float  # the same over the 5 s before the kill: the usual latency
+    was_active_controller: bool  # a new KRaft controller had to be elected too
 
 
 async def _wait_for_full_isr(cluster: LocalBroker, topic: str, timeout: float = 120) -> None:
@@ -157,6 +158,7 @@ async def test_killing_the_busiest_leader_under_load_loses_no_event(
             victim = max(
                 (node for node in leaders if node not in [k.node for k in kills]), key=leaders.__getitem__
             )
+            controller = await asyncio.to_thread(cluster.active_controller)
             killed_at = time.monotonic()
             await asyncio.to_thread(cluster.stop_node, victim, True)
             # The load goes on against the reduced cluster; publishing must resume within the window.
@@ -170,7 +172,9 @@ async def test_killing_the_busiest_leader_under_load_loses_no_event(
             pause = progress.longest_wait(killed_at, killed_at + WINDOW_SECONDS)
             during = sum(1 for o in outcomes if killed_at < o.at < killed_at + pause and o.status == 201)
             before = progress.longest_wait(killed_at - 5, killed_at)
-            kills.append(Kill(victim, leaders[victim], round(pause, 2), during, round(before, 2)))
+            kills.append(
+                Kill(victim, leaders[victim], round(pause, 2), during, round(before, 2), controller == victim)
+            )
     finally:
         stop.set()
         done = await load

@@ -187,6 +187,19 @@ class LocalBroker:
         """Stop one node of a cluster: SIGTERM (a controlled shutdown), or SIGKILL with `kill`."""
         self._run("stop", "--node", str(node), *(["--kill"] if kill else []), timeout=120)
 
+    def active_controller(self) -> int | None:
+        """A cluster's active controller (the KRaft quorum leader), as the nodes' own logs last said."""
+        for node in range(1, self.nodes + 1):
+            log = self.data_dir / f"node-{node}" / "server.log"
+            if not log.exists():
+                continue
+            with log.open("rb") as file:
+                file.seek(max(0, log.stat().st_size - 4_000_000))
+                transitions = [line for line in file if b"] Completed transition to " in line]
+            if transitions and b"Completed transition to Leader(" in transitions[-1]:
+                return node
+        return None
+
     def client_env(self, user: str = "client") -> dict[str, str]:
         """A secure broker's KAFKA_* settings for its client user ("client") or its admin ("admin")."""
         path = self.data_dir / f"{user}.env"
