@@ -10,9 +10,9 @@ outage once, then every 30 s; `report_with` makes the watch report them itself, 
 the commands that have no relay), and aiokafka's other messages pass at most once per
 30 s each. At LOG_LEVEL=DEBUG everything passes.
 
-Only public APIs: the exceptions' own types and attributes (`verify_code`, `reason`),
-and the records' arguments. A cause never quotes an exception's text, so it cannot
-carry a secret.
+Only public APIs: the exceptions' own types and attributes (`verify_code`,
+`verify_message`, `reason`: OpenSSL's words), and the records' arguments. A cause
+never quotes an exception's message, so it cannot carry a secret.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ class OutboxRelay:
         self._next_measure = 0.0
         self.progress = progress_for(store)
         self._records: set[asyncio.Future[Any]] = set()
-        self.outage = OutageLog(clock, outage_remind_seconds)
+        self._outage = OutageLog(clock, outage_remind_seconds)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -253,11 +253,11 @@ class OutboxRelay:
         try:
             await self._publisher.publish(events)
         except Exception as exc:
-            await self.outage.failed(
+            await self._outage.failed(
                 str(exc) if isinstance(exc, PublishFailed) else type(exc).__name__, self._pending
             )
             raise _Unpublished from exc
-        self.outage.succeeded()
+        self._outage.succeeded()
         metrics.PUBLISHED.inc(len(events))
         # Recorded in the background: the next round need not wait for this commit (see the progress classes).
         record = asyncio.ensure_future(

@@ -28,6 +28,12 @@ CONNECTION = KafkaConnection(
 )
 
 
+def handshake_error(reason: str) -> ssl.SSLError:
+    exc = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    exc.reason = reason
+    return exc
+
+
 def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
     exc = ssl.SSLCertVerificationError(
         1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}"
