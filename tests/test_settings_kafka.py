@@ -180,3 +180,16 @@ def test_serve_refuses_to_start_without_the_password(pki: dict[str, Issued]) -> 
     assert result.returncode == 2
     assert "KAFKA_SASL_PASSWORD is required when KAFKA_SECURITY_PROTOCOL is SASL_SSL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_kafka_setting_is_documented_where_operators_look() -> None:
+    import dataclasses
+
+    names = [
+        f.metadata["env"] for f in dataclasses.fields(Settings) if f.metadata["env"].startswith("KAFKA_")
+    ]
+    assert "KAFKA_SASL_PASSWORD" in names
+    example = (ROOT / "config" / "example.env").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert [n for n in names if f"{n}=" not in example] == [], "missing from config/example.env"
+    assert [n for n in names if f"`{n}" not in readme] == [], "missing from the README"
