@@ -204,6 +204,21 @@ async def test_broker_outage_during_creates_loses_no_event(
     await service.stop()
     deployment.assert_logs_clean()
 
+    # The outage is told once when it starts (with its cause) and once when it ends; aiokafka's
+    # reconnection attempts (about a hundred lines a second before) stay out of the log.
+    lines = service.log_text().decode().splitlines()
+    started = [line for line in lines if "Kafka unavailable: " in line]
+    assert len(started) == 1, started
+    assert "Kafka broker unreachable at " in started[0] and "connection refused" in started[0], started[0]
+    assert len([line for line in lines if "Kafka available again after " in line]) == 1
+    aiokafka = [line for line in lines if " aiokafka" in line]
+    assert len(aiokafka) <= 10, f"{len(aiokafka)} aiokafka lines around one outage:\n" + "\n".join(
+        aiokafka[:20]
+    )
+    assert not [line for line in lines if "never retrieved" in line], "a failed send's error went unhandled"
+    noisy = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert len(noisy) <= 12, f"{len(noisy)} warnings and errors around one outage:\n" + "\n".join(noisy[:20])
+
 
 async def test_sigterm_drains_requests_and_exits_cleanly(
     deploy: DeploymentFactory, kafka_bootstrap: str
