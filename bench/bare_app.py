@@ -1,7 +1,7 @@
 """The bare-framework ceiling: one Starlette POST route, no database, no crypto, no auth.
 
 It parses the same JSON body as POST /api/secrets (``await request.json()``) and answers
-a same-shaped 201 (id, projectId, name, createdAt, updatedAt). Served by uvicorn with the
+a same-shaped 201 (id, projectId, name, createdAt, updatedAt, version). Served by uvicorn with the
 service's own settings (see service/cli.py): uvloop, httptools, one process, lifespan on,
 no access log, no server header.
 
@@ -32,6 +32,7 @@ async def create(request: Request) -> Response:
             "name": body["name"],
             "createdAt": now,
             "updatedAt": now,
+            "version": 1,
         },
         201,
     )

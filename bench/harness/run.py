@@ -198,7 +198,7 @@ class Bench:
             {"X-Auth-Token": self.token},
         )
         if status == 201:
-            assert set(body) == {"id", "projectId", "name", "createdAt", "updatedAt"}, body
+            assert set(body) == {"id", "projectId", "name", "createdAt", "updatedAt", "version"}, body
             if port == self.args.service_port:
                 self.extra_201 += 1
                 self.extra_sent += 1
