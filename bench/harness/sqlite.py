@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import re
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from . import log
+from .prefill import COUNTER_COLUMN, RowMaker
 
 
 class Db:
     """Short, read-mostly looks at the service's SQLite file from outside the service."""
 
+    name = "sqlite"
+
     def __init__(self, path: Path, project_id: str) -> None:
         self.path = path
         self.project_id = project_id
+
+    def describe(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version} `synchronous=FULL`"
 
     def connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -51,6 +54,71 @@ class Db:
     def total_rows(self) -> int:
         return int(self.scalar("SELECT COUNT(*) FROM secrets"))
 
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        con = self.connect()
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def service_secret_ids(self, prefill_prefix: str) -> set[str]:
+        """Ids of the project's secrets, except the prefilled ones (names PREFILL_PREFIX_...)."""
+        return {
+            row[0]
+            for row in self.rows(
+                "SELECT id FROM secrets WHERE project_id = ? AND NOT (name >= ? AND name < ?)",
+                (self.project_id, prefill_prefix + "_", prefill_prefix + "`"),
+            )
+        }
+
+    def versions_with_prefix(self, prefix: str) -> dict[str, int]:
+        """id -> current version of the secrets named PREFIX_..."""
+        return dict(
+            self.rows(
+                "SELECT id, version FROM secrets WHERE project_id = ? AND name >= ? AND name < ?",
+                (self.project_id, prefix + "_", prefix + "`"),
+            )
+        )
+
+    def last_seq(self) -> int:
+        return int(self.scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
+
+    def events_after(self, seq: int, event_type: str, request_prefix: str) -> tuple[int, int]:
+        """(events, distinct request ids) of this type after seq whose requestId starts with request_prefix."""
+        row = self.rows(
+            "SELECT COUNT(*), COUNT(DISTINCT r) FROM (SELECT json_extract(payload, '$.requestId') AS r"
+            " FROM outbox WHERE seq > ? AND event_type = ?) WHERE substr(r, 1, ?) = ?",
+            (seq, event_type, len(request_prefix), request_prefix),
+        )[0]
+        return int(row[0]), int(row[1])
+
+    def outbox_events(self) -> list[tuple[str, str]]:
+        """(event_id, event_type) of every event in the outbox."""
+        return self.rows("SELECT event_id, event_type FROM outbox")  # type: ignore[return-value]
+
+    def updated_event_versions(self) -> dict[str, tuple[int, int, int, int]]:
+        """subject -> (secret.updated events, distinct versions, lowest, highest version)."""
+        return {
+            row[0]: (row[1], row[2], row[3], row[4])
+            for row in self.rows(
+                "SELECT subject, COUNT(*), COUNT(DISTINCT v), MIN(v), MAX(v) FROM (SELECT subject,"
+                " json_extract(payload, '$.version') AS v FROM outbox WHERE event_type = 'secret.updated')"
+                " GROUP BY subject"
+            )
+        }
+
+    def kept_versions(self) -> dict[str, tuple[int, int, int]]:
+        """secret_id -> (previous versions kept, lowest, highest)."""
+        return {
+            row[0]: (row[1], row[2], row[3])
+            for row in self.rows(
+                "SELECT secret_id, COUNT(*), MIN(version), MAX(version) FROM secret_versions GROUP BY secret_id"
+            )
+        }
+
+    def prefill(self, n: int, name_prefix: str) -> dict[str, Any]:
+        return prefill(self, n, name_prefix)
+
     def pending_outbox(self) -> int | None:
         """Events not yet relayed, whatever the outbox looks like; None if there is no outbox table."""
         cols = self.columns("outbox")
@@ -70,33 +138,14 @@ class Db:
 # --------------------------------------------------------------------------- prefill
 
 
-def _uuid7(ms: int, rnd: bytes) -> str:
-    value = ms << 80 | int.from_bytes(rnd, "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _iso_ms(ms: int) -> str:
-    return (
-        dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
-
-
-_ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-_COUNTER_COLUMN = re.compile(r"count|total|num_|^n_|secrets", re.I)
-
-
 def prefill(db: Db, n: int, name_prefix: str, batch: int = 100_000) -> dict[str, Any]:
     """Insert n secrets into the bench project straight into SQLite, shaped like a service-made row.
 
     The schema is read at run time: columns come from PRAGMA table_info(secrets), values
-    from a row the service created in this run (the template), with id (UUIDv7, in the
-    past, ascending), name, timestamps and the sealed blob (same length, same header,
-    random body) made per row. Counter columns per project (in projects, or any table
-    with a project_id) that equal the current number of secrets are advanced by n,
-    unless a trigger already did so.
+    from a row the service created in this run (the template; see prefill.RowMaker for
+    what is made per row). Counter columns per project (in projects, or any table with a
+    project_id) that equal the current number of secrets are advanced by n, unless a
+    trigger already did so.
     """
     t0 = time.monotonic()
     con = db.connect()
@@ -142,7 +191,7 @@ def prefill(db: Db, n: int, name_prefix: str, batch: int = 100_000) -> dict[str,
             if key is None:
                 continue
             for r in tinfo:
-                if "INT" in (r[2] or "").upper() and _COUNTER_COLUMN.search(r[1]) and r[1] != key:
+                if "INT" in (r[2] or "").upper() and COUNTER_COLUMN.search(r[1]) and r[1] != key:
                     row = con.execute(
                         f"SELECT {r[1]} FROM {table} WHERE {key} = ?", (db.project_id,)
                     ).fetchone()
@@ -157,38 +206,11 @@ def prefill(db: Db, n: int, name_prefix: str, batch: int = 100_000) -> dict[str,
         triggers = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
 
         blob = template.get("sealed_value")
-        header = b""
-        if isinstance(blob, bytes) and len(blob) > 2 and blob[0] == 1 and 2 + blob[1] <= len(blob):
-            header = blob[: 2 + blob[1]]
-        now_ms = int(time.time() * 1000)
-        start_ms = now_ms - 30 * 24 * 3600 * 1000  # a month ago, one row every ~2.6 ms
-        step = max(1, (now_ms - 3_600_000 - start_ms) // max(n, 1))
+        maker = RowMaker(insert_cols, template, db.project_id, name_prefix, n, extra_unique)
         placeholders = ", ".join("?" for _ in insert_cols)
         sql = f"INSERT INTO secrets ({', '.join(insert_cols)}) VALUES ({placeholders})"
-
-        def make(i: int) -> tuple[Any, ...]:
-            ms = start_ms + i * step
-            out = []
-            for c in insert_cols:
-                tv = template[c]
-                if c == "id":
-                    out.append(_uuid7(ms, os.urandom(10)))
-                elif c == "project_id":
-                    out.append(db.project_id)
-                elif c == "name":
-                    out.append(f"{name_prefix}_{i:07d}")
-                elif isinstance(tv, bytes):
-                    out.append(header + os.urandom(len(tv) - len(header)))
-                elif isinstance(tv, str) and _ISO_MS.fullmatch(tv):
-                    out.append(_iso_ms(ms))
-                elif c in extra_unique:
-                    out.append(f"{tv}-prefill-{i}")
-                else:
-                    out.append(tv)
-            return tuple(out)
-
         for start in range(0, n, batch):
-            rows = [make(i) for i in range(start, min(n, start + batch))]
+            rows = [maker.row(i) for i in range(start, min(n, start + batch))]
             con.execute("BEGIN IMMEDIATE")
             con.executemany(sql, rows)
             con.execute("COMMIT")
