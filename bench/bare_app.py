@@ -1,9 +1,17 @@
-"""The bare-framework ceiling: one Starlette POST route, no database, no crypto, no auth.
+"""The bare-framework ceiling: one Starlette route per benchmarked route, no database, no crypto, no auth.
 
-It parses the same JSON body as POST /api/secrets (``await request.json()``) and answers
-a same-shaped 201 (id, projectId, name, createdAt, updatedAt, version). Served by uvicorn with the
-service's own settings (see service/cli.py): uvloop, httptools, one process, lifespan on,
-no access log, no server header.
+Each does what the framework must for its route and nothing the service does, and
+answers a same-shaped body:
+
+    POST /api/secrets                     parses the JSON body (``await request.json()``);
+                                          201 {id, projectId, name, createdAt, updatedAt, version}
+    PUT  /api/secrets/{id}                takes the path parameter, parses the JSON body;
+                                          200 {id, projectId, name, createdAt, updatedAt, version}
+    GET  /api/secrets/by-name/{name}/value  takes the path parameter;
+                                          200 {id, name, value, version, updatedAt}
+
+Served by uvicorn with the service's own settings (see service/cli.py): uvloop,
+httptools, one process, lifespan on, no access log, no server header.
 
     python bench/bare_app.py --host 127.0.0.1 --port 18081
 """
@@ -20,11 +28,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 PROJECT_ID = "project_" + uuid.uuid4().hex
+# As long as the value bench/run stores for the read route.
+VALUE = "bench-value-0123456789abcdef-0123456789abcdef"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def create(request: Request) -> Response:
     body = await request.json()
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = _now()
     return JSONResponse(
         {
             "id": str(uuid.uuid4()),
@@ -38,7 +52,40 @@ async def create(request: Request) -> Response:
     )
 
 
-app = Starlette(routes=[Route("/api/secrets", create, methods=["POST"])])
+async def update(request: Request) -> Response:
+    await request.json()
+    now = _now()
+    return JSONResponse(
+        {
+            "id": request.path_params["id"],
+            "projectId": PROJECT_ID,
+            "name": "BENCH_SECRET",
+            "createdAt": now,
+            "updatedAt": now,
+            "version": 2,
+        }
+    )
+
+
+async def read_value(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "id": str(uuid.uuid4()),
+            "name": request.path_params["name"],
+            "value": VALUE,
+            "version": 1,
+            "updatedAt": _now(),
+        }
+    )
+
+
+app = Starlette(
+    routes=[
+        Route("/api/secrets", create, methods=["POST"]),
+        Route("/api/secrets/{id}", update, methods=["PUT"]),
+        Route("/api/secrets/by-name/{name}/value", read_value, methods=["GET"]),
+    ]
+)
 
 
 def main() -> None:

@@ -1,20 +1,27 @@
-"""Benchmark of the create path (POST /api/secrets) against the bare-framework ceiling.
+"""Benchmark of one API route (create, read, update) against the bare-framework ceiling.
 
-Usage: bench/run [--quick] [--profile] [--ref REF] ... (see bench/README.md). One run:
+Usage: bench/run [--route R] [--database D] [--replicas 2] [--quick] [--profile] [--ref REF] ...
+(see bench/README.md). One run:
 
 1. starts a local Kafka broker (scripts/kafka-local, dedicated port and a temporary data dir),
-   the real service (fresh SQLite file, SQLITE_SYNCHRONOUS=FULL, relay publishing to Kafka)
-   and bench/bare_app.py, on loopback;
+   the database (a fresh SQLite file with SQLITE_SYNCHRONOUS=FULL, or a private PostgreSQL
+   server from scripts/postgres-local), the real service (relay publishing to Kafka; with
+   --replicas 2, two of them behind a loopback nginx) and bench/bare_app.py, on loopback;
+   then what the route needs (read and update: 1,000 secrets to work on);
 2. warms both up, then alternates wrk rounds (service, bare, service, bare, ...) at the same
-   threads/connections/duration, and reports per round req/s, p50/p99, errors, non-201
-   answers and the service/bare ratio;
-3. runs one more service round with an event-latency probe (a create every ~50 ms on its own
-   connection, and kcat reading the topic: latency = record readable - 201 received);
+   threads/connections/duration, and reports per round req/s, p50/p99, p99/p50, errors,
+   non-success answers and the service/bare ratio;
+3. runs one more service round with an event-latency probe (a request of the route every
+   ~50 ms on its own connection, and kcat reading the topic: latency = its event readable -
+   answer received);
 4. stops the service, prefills the same database with 1,000,000 secrets, restarts it, and
    runs service rounds (alternating with bare rounds) against the big table;
-5. verifies that every 201 is a row in the database and that the topic holds an event for
-   every row the service created; records the peak RSS (VmHWM) of each service process;
-6. writes bench/results/<UTC timestamp>.json and bench/results/latest.md.
+5. verifies, per round, that every success left what it must in the database (create: a row;
+   read: its secret.accessed event; update: a version and its secret.updated event), and
+   that the topic holds every event of the outbox; records the peak RSS (VmHWM) of each
+   service process;
+6. writes bench/results/<UTC timestamp>[-<route>-<database>].json, bench/results/latest.md
+   and bench/results/latest-<route>-<database>.md.
 
 Every process it starts is stopped on exit (normal, error, Ctrl-C or SIGTERM).
 """
@@ -30,11 +37,31 @@ from typing import Any
 from . import RESULTS, ROOT, log
 from .processes import tail
 from .report import markdown
-from .run import Bench
+from .run import Bench, run_label
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--route",
+        choices=("create", "read", "update"),
+        default="create",
+        help="POST /api/secrets (default); GET /api/secrets/by-name/{name}/value (the audited read); "
+        "PUT /api/secrets/{id}",
+    )
+    p.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="SQLite file (default) or a private PostgreSQL server (scripts/postgres-local, --pg-port)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2 (postgresql only): also rounds against two replicas, and one, behind a loopback nginx",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 3s rounds, 1 round each, 100k prefill")
     p.add_argument("--duration", type=int, default=None, help="seconds per wrk round (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds on the empty DB (default 3)")
@@ -62,7 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--service-port", type=int, default=18480)
     p.add_argument("--bare-port", type=int, default=18481)
-    p.add_argument("--kafka-port", type=int, default=9492)
+    p.add_argument("--kafka-port", type=int, default=9492, help="Kafka's port (its controller uses N+1000)")
+    p.add_argument("--pg-port", type=int, default=18432, help="the private PostgreSQL server's port")
+    p.add_argument(
+        "--lb-port",
+        type=int,
+        default=18490,
+        help="with --replicas 2: nginx on N (two replicas) and N+1 (one); the second replica on N+2",
+    )
     p.add_argument(
         "--ref",
         default=None,
@@ -78,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-results", action="store_true", help="do not write bench/results/")
     p.add_argument("--check", action="store_true", help="exit 3 if any target of the issue fails")
     a = p.parse_args(argv)
+    if a.replicas > 1 and a.database != "postgresql":
+        p.error("--replicas 2 needs --database postgresql (one SQLite file serves one process)")
     quick = {"duration": 3, "rounds": 1, "prefill": 100_000, "prefill_rounds": 1, "warmup": 2}
     full = {"duration": 10, "rounds": 3, "prefill": 1_000_000, "prefill_rounds": 2, "warmup": 5}
     for key, value in (quick if a.quick else full).items():
@@ -110,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     if not args.no_results:
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"{result['timestamp']}.json"
+        out = RESULTS / f"{result['timestamp']}{run_label(args.route, args.database, args.replicas)}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
+        latest = (
+            RESULTS / f"latest{run_label(args.route, args.database, args.replicas) or '-create-sqlite'}.md"
+        )
         (RESULTS / "latest.md").write_text(md)
-        log(f"wrote {out.relative_to(ROOT)} and bench/results/latest.md")
+        latest.write_text(md)
+        log(f"wrote {out.relative_to(ROOT)}, bench/results/latest.md and {latest.relative_to(ROOT)}")
     print(md)
     if args.check and any(t["pass"] is False for t in result["targets"]):
         return 3

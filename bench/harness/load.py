@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .processes import Procs
-from .routes import Route
+
+if TYPE_CHECKING:
+    from .routes import Route
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 5):
@@ -35,12 +38,17 @@ class AsyncHttp:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}")
         head += [f"{k}: {v}" for k, v in headers.items()]
+        body = body or b""
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -76,7 +84,6 @@ async def wrk(
     procs: Procs,
     route: Route,
     port: int,
-    token: str,
     prefix: str,
     duration: float,
     count: bool,
@@ -96,7 +103,7 @@ async def wrk(
         str(route.script),
         f"http://127.0.0.1:{port}{route.path}",
         "--",
-        *route.script_args(token, prefix, count),
+        *route.script_args(prefix, count),
     ]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -122,24 +129,26 @@ async def event_probe(
     bootstrap: str,
     topic: str,
     port: int,
-    token: str,
+    route: Route,
     run_id: str,
     interval: float,
     duration: float,
 ) -> dict[str, Any]:
-    """During a service round: a create every interval on its own connection; kcat notes arrivals.
+    """During a service round: one request of the route every interval on its own connection, each
+    with X-Request-ID PROBE-<runid>-<n>; kcat notes when the event carrying that request id is readable.
 
-    Its creates are not wrk's: "probes" (sent) and "probes_201" count them for the verification.
+    Its requests are not wrk's: "probes" (sent) and "probes_<ok>" count them for the verification.
     """
     start_ms = int(time.time() * 1000) - 2000
     kcat = await asyncio.create_subprocess_exec(
         "kcat", "-C", "-b", bootstrap, "-t", topic, "-o", f"s@{start_ms}", "-u", "-q",
-        "-X", "fetch.wait.max.ms=100", "-f", "%k %T\n",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        "-X", "fetch.wait.max.ms=100", "-f", "%T %s\n",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=1 << 20,
     )  # fmt: skip
     procs.async_pids[kcat.pid] = "kcat"
-    arrivals: dict[str, tuple[float, int]] = {}
-    probes: dict[str, float] = {}
+    request_id = re.compile(rb'"requestId":"PROBE-' + run_id.encode() + rb'-(\d+)"')
+    arrivals: dict[int, tuple[float, int]] = {}
+    probes: dict[int, float] = {}
     wanted_done = asyncio.Event()
 
     async def consume() -> None:
@@ -148,10 +157,14 @@ async def event_probe(
             line = await kcat.stdout.readline()
             if not line:
                 return
+            found = request_id.search(line)
+            if found is None:
+                continue
             now = time.time()
-            key, _, ts = line.decode().strip().partition(" ")
-            if key not in arrivals:
-                arrivals[key] = (now, int(ts) if ts.isdigit() else 0)
+            n = int(found.group(1))
+            ts = line.partition(b" ")[0]
+            if n not in arrivals:
+                arrivals[n] = (now, int(ts) if ts.isdigit() else 0)
             if probes_done and all(k in arrivals for k in probes):
                 wanted_done.set()
 
@@ -167,16 +180,19 @@ async def event_probe(
     try:
         while time.monotonic() < t_end:
             n += 1
-            body = json.dumps({"name": f"PROBE_{run_id}_{n}", "value": "probe"}).encode()
+            method, path, payload = route.probe(n, run_id)
+            headers = {"X-Auth-Token": route.token, "X-Request-ID": f"PROBE-{run_id}-{n}"}
+            body = None
+            if payload is not None:
+                body = json.dumps(payload).encode()
+                headers["Content-Type"] = "application/json"
             t_send = time.time()
-            status, payload = await client.post(
-                "/api/secrets", body, {"Content-Type": "application/json", "X-Auth-Token": token}
-            )
-            t_201 = time.time()
+            status, _ = await client.request(method, path, body, headers)
+            t_ok = time.time()
             statuses[status] += 1
-            if status == 201:
-                probes[json.loads(payload)["id"]] = t_201
-                request_ms.append((t_201 - t_send) * 1000)
+            if status == route.ok:
+                probes[n] = t_ok
+                request_ms.append((t_ok - t_send) * 1000)
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     finally:
@@ -202,7 +218,7 @@ async def event_probe(
     missing = sum(1 for k in probes if k not in arrivals)
     return {
         "probes": n,
-        "probes_201": len(probes),
+        f"probes_{route.ok}": len(probes),
         "statuses": {str(k): v for k, v in statuses.items()},
         "interval_s": interval,
         "events_seen": len(lat),
@@ -213,7 +229,7 @@ async def event_probe(
             "p99": pct(lat, 99),
             "max": max(lat) if lat else None,
         },
-        # the record's timestamp (set by the relay's producer at send time) minus the 201
+        # the record's timestamp (set by the relay's producer at send time) minus the answer
         "producer_timestamp_minus_201_ms": {"p50": pct(produce, 50), "p99": pct(produce, 99)},
         "probe_request_ms": {"p50": pct(request_ms, 50), "p99": pct(request_ms, 99)},
     }

@@ -20,7 +20,8 @@ class Procs:
     def __init__(self) -> None:
         self.popens: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.async_pids: dict[int, str] = {}
-        self.kafka: tuple[str, str] | None = None
+        # servers that scripts start and stop (Kafka, PostgreSQL): what, and the command that stops it
+        self.scripted: list[tuple[str, list[str]]] = []
 
     def start(
         self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path = ROOT
@@ -56,17 +57,13 @@ class Procs:
                 log(f"stopping {name} (pid {proc.pid})")
             with contextlib.suppress(Exception):
                 self.stop(proc, 15)
-        if self.kafka is not None:
-            port, data = self.kafka
-            log("stopping Kafka")
-            subprocess.run(
-                [str(ROOT / "scripts" / "kafka-local"), "stop", "--port", port, "--data", data],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=90,
-                check=False,
-            )
-            self.kafka = None
+        while self.scripted:
+            name, argv = self.scripted.pop()
+            log(f"stopping {name}")
+            with contextlib.suppress(Exception):
+                subprocess.run(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90, check=False
+                )
 
 
 def port_free(port: int) -> bool:
@@ -100,6 +97,29 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of these processes and all their descendants (alive now)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree, frontier = set(roots), list(roots)
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(c for c in (cpu_seconds(pid) for pid in tree) if c == c)  # NaN: gone meanwhile
+
+
+def pid_from_file(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(path.read_text().split()[0])
+    return None
 
 
 def machine_cpu() -> tuple[float, float]:
