@@ -141,11 +141,17 @@ def compute_targets(
 
 # Self time: each sample goes to the category of its leaf-most frame that matches one
 # (frames look like "function (path/file.py:line)"). Native code (uvloop, httptools,
-# sqlite3, OpenSSL) has no frame of its own: it is charged to the Python frame that called it.
+# sqlite3, asyncpg's protocol, OpenSSL) has no frame of its own: it is charged to the
+# Python frame that called it. The categories cover every route's path (create, read,
+# update) on either database.
 _CATEGORIES = [
-    ("relay / Kafka producer", re.compile(r"\(aiokafka/|\(service/events/|\(kafka/")),
     (
-        "crypto (AES-GCM seal, API-key hash)",
+        "relay / Kafka producer",
+        re.compile(r"\(aiokafka/|\(service/events/(relay|publisher|kafka)\.py|\(kafka/"),
+    ),
+    ("events built for the outbox (service/events/model.py, sql.py)", re.compile(r"\(service/events/")),
+    (
+        "crypto (AES-GCM seal and unseal, API-key hash)",
         re.compile(r"\(cryptography/|\(service/crypto\.py|\(hmac\.py|\(hashlib"),
     ),
     ("auth", re.compile(r"\(service/accounts/")),
@@ -154,10 +160,14 @@ _CATEGORIES = [
         re.compile(r"\(service/http/validation\.py|\(json/decoder\.py|^loads \(json/"),
     ),
     (
-        "SQLite driver thread hop (service/db/sqlite.py, sqlite3)",
+        "SQLite driver (service/db/sqlite.py, sqlite3: statements, commits, thread hops)",
         re.compile(r"\(service/db/sqlite\.py|\(sqlite3/"),
     ),
-    ("service store / vault / plans", re.compile(r"\(service/(db|secrets)/")),
+    (
+        "PostgreSQL driver (service/db/postgres.py, asyncpg)",
+        re.compile(r"\(service/db/postgres\.py|\(asyncpg/"),
+    ),
+    ("service store / vault / write plans", re.compile(r"\(service/(db|secrets)/")),
     (
         "response rendering (JSONResponse)",
         re.compile(
@@ -175,36 +185,66 @@ _CATEGORIES = [
     ),
 ]
 
-# Inclusive time: share of samples with a matching frame anywhere on the stack.
-_INCLUSIVE = [
-    ("HTTP request handled in the app (Starlette.__call__)", r"^Starlette\.__call__ "),
-    ("  create_secret route", r"^create_secret \(service/http/routes\.py"),
-    ("    authenticate", r"^Authenticator\.authenticate "),
+# Inclusive time per step: share of a thread's samples with a frame matching `rx` anywhere on the
+# stack and none matching `unless`. On SQLite the write plans (seal, unseal, the events, the
+# statements) run in the committer's thread; on PostgreSQL in the main thread.
+_INCLUSIVE: list[tuple[str, str, str | None]] = [
+    ("HTTP request handled in the app (Starlette.__call__)", r"^Starlette\.__call__ ", None),
+    ("  create_secret route", r"^create_secret \(service/http/routes\.py", None),
+    ("  read_value_by_name route", r"^read_value_by_name \(service/http/routes\.py", None),
+    ("  update_secret route", r"^update_secret \(service/http/routes\.py", None),
+    ("    authenticate", r"^Authenticator\.authenticate ", None),
     (
-        "    read + parse + validate body",
-        r"^(Request\.body|parse_json_object|parse_new_secret|check_json_content_type) ",
+        "    read + parse + validate body and headers",
+        r"^(Request\.body|parse_json_object|parse_new_secret|parse_value|parse_if_match|check_json_content_type) ",
+        None,
     ),
+    ("    the vault makes the job (Vault.create, read_value, _new_version)", r"^Vault\.", None),
     (
-        "    Vault.create before the write (ids, seal, event)",
+        "      before the write (ids, seal, event)",
         r"^(seal|new_event|secret_event|uuid7|associated_data) ",
+        None,
     ),
-    ("    JSONResponse (render + send)", r"^(JSONResponse\.|Response\.__call__|Response\.render)"),
-    ("group committer task (db/store.py)", r"^GroupCommitter\."),
-    ("  SQLite connection calls (main-thread side)", r"^SQLiteConnection\."),
-    ("outbox relay task", r"^OutboxRelay\."),
-    ("  aiokafka (any caller)", r"\(aiokafka/"),
-    ("uvicorn protocol outside the app (parse, write)", r"^HttpToolsProtocol\."),
+    ("    JSONResponse (render + send)", r"^(JSONResponse\.|Response\.__call__|Response\.render)", None),
+    ("group committer task (db/store.py)", r"^GroupCommitter\.", None),
+    ("  SQLite connection calls (main-thread side)", r"^SQLiteConnection\.(run|_call) ", None),
+    ("  PostgreSQL statements (asyncpg)", r"\(asyncpg/", None),
+    (
+        "write plans (CreateSecret, ReadValue, UpdateSecret: in the writer's thread on SQLite)",
+        r"^\w+\.plan_batch ",
+        None,
+    ),
+    ("  seal (a create or a new version)", r"^seal \(service/crypto\.py", None),
+    ("  unseal (a value read)", r"^unseal \(service/crypto\.py", None),
+    ("  events made (secret_event, accessed_event)", r"^(secret_event|accessed_event) ", None),
+    (
+        "SQLite transaction outside the plans (BEGIN, COMMIT's fsync, WAL checkpoint)",
+        r"^_in_transaction ",
+        r"^run_plan ",
+    ),
+    (
+        "SQLite thread waiting for work (an idle queue get py-spy counts)",
+        r"^SQLiteConnection\._serve ",
+        r"^(run_plan|_in_transaction|SQLiteConnection\._connect|<lambda>|SQLiteConnection\.run\.) ",
+    ),
+    ("outbox relay task", r"^OutboxRelay\.", None),
+    ("  aiokafka (any caller)", r"\(aiokafka/", None),
+    ("uvicorn protocol outside the app (parse, write)", r"^HttpToolsProtocol\.", None),
 ]
+# Threads other than the main one get their own inclusive summary when they hold this share of samples.
+_THREAD_SHARE_MIN = 0.05
 
 
 def summarize_profile(path: Path) -> dict[str, Any]:
-    """Collapsed py-spy stacks (--threads, raw) -> share of samples per thread, category and frame."""
+    """Collapsed py-spy stacks (--threads, raw) -> share of samples per thread, category and step."""
     threads: Counter[str] = Counter()
-    cats_main: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
+    cats: dict[str, Counter[str]] = {}
+    incl: dict[str, Counter[str]] = {}
     leaf: Counter[str] = Counter()
-    total = main_total = 0
-    inclusive = [(name, re.compile(rx)) for name, rx in _INCLUSIVE]
+    total = 0
+    inclusive = [
+        (name, re.compile(rx), re.compile(unless) if unless else None) for name, rx, unless in _INCLUSIVE
+    ]
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -215,33 +255,43 @@ def summarize_profile(path: Path) -> dict[str, Any]:
         tname = re.sub(r"-\d+", "-N", tname)
         total += count
         threads[tname] += count
-        if tname != "MainThread":
-            continue
-        main_total += count
         category = "other"
         for frame in reversed(frames[1:]):
             hit = next((c for c, rx in _CATEGORIES if rx.search(frame)), None)
             if hit:
                 category = hit
                 break
-        cats_main[category] += count
-        for name, rx in inclusive:
-            if any(rx.search(f) for f in frames[1:]):
-                incl[name] += count
-        leaf[frames[-1]] += count
+        cats.setdefault(tname, Counter())[category] += count
+        steps = incl.setdefault(tname, Counter())
+        for name, rx, unless in inclusive:
+            if any(rx.search(f) for f in frames[1:]) and not (
+                unless and any(unless.search(f) for f in frames[1:])
+            ):
+                steps[name] += count
+        if tname == "MainThread":
+            leaf[frames[-1]] += count
 
     def share(c: Counter[str], t: int, top: int | None = None) -> dict[str, float]:
         return {k: round(v / t, 4) for k, v in c.most_common(top)} if t else {}
 
+    def steps_of(tname: str) -> dict[str, float]:
+        t = threads[tname]
+        return {name: round(incl[tname][name] / t, 4) for name, _, _ in _INCLUSIVE} if t else {}
+
+    main_total = threads["MainThread"]
+    others = [
+        t for t, n in threads.most_common() if t != "MainThread" and total and n / total >= _THREAD_SHARE_MIN
+    ]
     return {
         "samples": total,
         "main_thread_samples": main_total,
         "threads": share(threads, total),
-        "main_thread_self_by_category": share(cats_main, main_total),
-        "main_thread_inclusive": {name: round(incl[name] / main_total, 4) for name, _ in _INCLUSIVE}
-        if main_total
-        else {},
+        "main_thread_self_by_category": share(cats.get("MainThread", Counter()), main_total),
+        "main_thread_inclusive": steps_of("MainThread"),
         "main_thread_top_leaf_frames": share(leaf, main_total, 25),
+        # the busier other threads (the SQLite committer runs the write plans and commits)
+        "other_threads_self_by_category": {t: share(cats[t], threads[t]) for t in others},
+        "other_threads_inclusive": {t: {k: v for k, v in steps_of(t).items() if v} for t in others},
     }
 
 
@@ -450,4 +500,10 @@ def markdown(res: dict[str, Any]) -> str:
             + ", ".join(f"{k.strip()} {v:.0%}" for k, v in p["main_thread_inclusive"].items() if v)
             + ".",
         ]
+        for thread, steps in (p.get("other_threads_inclusive") or {}).items():
+            lines.append(
+                f"Thread {thread} ({p['threads'][thread]:.0%} of samples), inclusive: "
+                + ", ".join(f"{k.strip()} {v:.0%}" for k, v in steps.items())
+                + "."
+            )
     return "\n".join(lines) + "\n"
