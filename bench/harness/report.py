@@ -203,7 +203,7 @@ _INCLUSIVE: list[tuple[str, str, str | None]] = [
     (
         "      before the write (ids, seal, event)",
         r"^(seal|new_event|secret_event|uuid7|associated_data) ",
-        None,
+        r"^\w+\.plan_batch ",
     ),
     ("    JSONResponse (render + send)", r"^(JSONResponse\.|Response\.__call__|Response\.render)", None),
     ("group committer task (db/store.py)", r"^GroupCommitter\.", None),
