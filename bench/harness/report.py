@@ -214,9 +214,13 @@ _INCLUSIVE: list[tuple[str, str, str | None]] = [
         r"^\w+\.plan_batch ",
         None,
     ),
-    ("  seal (a create or a new version)", r"^seal \(service/crypto\.py", None),
-    ("  unseal (a value read)", r"^unseal \(service/crypto\.py", None),
-    ("  events made (secret_event, accessed_event)", r"^(secret_event|accessed_event) ", None),
+    (
+        "seal, wherever it runs (a create's in the vault, a new version's in its plan)",
+        r"^seal \(service/crypto\.py",
+        None,
+    ),
+    ("unseal, wherever it runs (a value read's plan)", r"^unseal \(service/crypto\.py", None),
+    ("events made, wherever (secret_event, accessed_event)", r"^(secret_event|accessed_event) ", None),
     (
         "SQLite transaction outside the plans (BEGIN, COMMIT's fsync, WAL checkpoint)",
         r"^_in_transaction ",
