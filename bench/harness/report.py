@@ -505,6 +505,8 @@ def markdown(res: dict[str, Any]) -> str:
             + ".",
         ]
         for thread, steps in (p.get("other_threads_inclusive") or {}).items():
+            if not steps:  # e.g. an idle executor thread: no step of the service's
+                continue
             lines.append(
                 f"Thread {thread} ({p['threads'][thread]:.0%} of samples), inclusive: "
                 + ", ".join(f"{k.strip()} {v:.0%}" for k, v in steps.items())
