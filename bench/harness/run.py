@@ -164,6 +164,9 @@ class Bench:
             "KAFKA_TOPIC": self.topic,
             "MAX_SECRETS_PER_PROJECT": "100000000",
             "SECRET_VERSIONS_KEPT": str(VERSIONS_KEPT),
+            # One key carries the whole load: its per-key rate limits (0 = none) would answer 429.
+            "RATE_LIMIT_PER_SECOND": "0",
+            "RATE_LIMIT_READS_PER_SECOND": "0",
         }
         self._env.pop("AUTH_CACHE_SECONDS", None)
         created = subprocess.run(
@@ -719,6 +722,7 @@ class Bench:
             "auth_cache_seconds": "default",
             "max_secrets_per_project": 100000000,
             "secret_versions_kept": VERSIONS_KEPT,
+            "rate_limits": "off (RATE_LIMIT_PER_SECOND=0, RATE_LIMIT_READS_PER_SECOND=0)",
             "kafka": f"{self.bootstrap} topic {self.topic}",
             "database_server": self.database_description,
         }
