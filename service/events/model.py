@@ -36,7 +36,8 @@ def new_event(event_type: str, subject: str, data: dict[str, Any], at: str) -> O
 
 
 def kafka_headers(event: OutboxEvent, source: str) -> list[tuple[str, bytes]]:
-    """CloudEvents attributes as `ce_` headers, and the data's media type."""
+    """CloudEvents attributes as `ce_` headers (with the `partitionkey` extension: the record key), and
+    the data's media type."""
     return [
         ("ce_specversion", SPECVERSION.encode()),
         ("ce_id", event.event_id.encode()),
@@ -44,5 +45,6 @@ def kafka_headers(event: OutboxEvent, source: str) -> list[tuple[str, bytes]]:
         ("ce_type", event.event_type.encode()),
         ("ce_time", event.created_at.encode()),
         ("ce_subject", event.subject.encode()),
+        ("ce_partitionkey", event.subject.encode()),
         ("content-type", b"application/json"),
     ]

@@ -31,7 +31,16 @@ from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.kafka
 
-CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "content-type"}
+CE_HEADERS = {
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_subject",
+    "ce_partitionkey",
+    "content-type",
+}
 EVENT_FIELDS = {
     "secretId",
     "projectId",
@@ -159,6 +168,7 @@ async def test_n_creates_give_n_cloudevents_without_the_value(
         secret_id = headers["ce_subject"]
         assert secret_id in created, "event for a secret the API did not create"
         assert record.key == secret_id.encode()
+        assert headers["ce_partitionkey"] == secret_id, "the partitionkey extension is the record key"
         body, request_id = created[secret_id]
         event = data(record)
         assert set(event) == EVENT_FIELDS, sorted(event)
