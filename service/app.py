@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -27,6 +27,7 @@ from service.errors import ServiceError, ServiceUnavailable, StorageFull
 from service.events.publisher import KafkaPublisher, Publisher
 from service.events.relay import RELAY_LOCK, OutboxRelay
 from service.http import responses
+from service.http.asyncapi import asyncapi_document
 from service.http.limits import Limit, RateLimiter
 from service.http.middleware import EdgeMiddleware
 from service.http.routes import METRICS_ROUTE, routes
@@ -64,6 +65,7 @@ class State(TypedDict):
     vault: Vault
     readiness: Readiness
     limits: RateLimiter
+    asyncapi: dict[str, Any]
 
 
 def kafka_publisher(settings: Settings) -> KafkaPublisher:
@@ -144,6 +146,7 @@ def create_app(
                     clock,
                     versions_kept=settings.secret_versions_kept,
                 ),
+                "asyncapi": asyncapi_document(settings.kafka_topic, settings.event_source),
             }
 
     app = Starlette(

@@ -264,6 +264,33 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/asyncapi.json": {
+                "get": {
+                    "description": "The AsyncAPI 3.0 document of the event topic: the channel, one message per "
+                    "ce_type (secret.created, .updated, .deleted, .accessed) with its headers, key and payload schema.",
+                    "operationId": "getAsyncapi",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The AsyncAPI document",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "asyncapi": {"type": "string", "const": "3.0.0"},
+                                        "info": {"type": "object"},
+                                        "channels": {"type": "object"},
+                                        "operations": {"type": "object"},
+                                        "components": {"type": "object"},
+                                    },
+                                    "required": ["asyncapi", "info", "channels", "operations", "components"],
+                                }
+                            ),
+                        },
+                        **_errors(500, 503),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "description": "Liveness: the process answers.",

@@ -146,6 +146,11 @@ async def metrics_text(request: Request) -> Response:
 METRICS_ROUTE = Route("/metrics", metrics_text, methods=["GET"])
 
 
+async def asyncapi(request: Request) -> Response:
+    """The AsyncAPI document of the event topic (built for this service's topic and source)."""
+    return JSONResponse(request.state.asyncapi)
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -172,4 +177,5 @@ routes = [
     Route("/healthz", health, methods=["GET"]),
     Route("/readyz", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
