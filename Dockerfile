@@ -31,6 +31,9 @@ WORKDIR /src
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY . .
+# The client before the service, which depends on secrets-client (client/, not on PyPI) by name;
+# the lock holds the dependencies of both. The client brings the sync agent, secrets-sync.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation ./client
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # --- runtime stage -----------------------------------------------------------

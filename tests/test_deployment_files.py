@@ -36,6 +36,7 @@ NGINX_CONF = ROOT / "config" / "nginx.conf"
 PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
+CLIENT_PYPROJECT = ROOT / "client" / "pyproject.toml"
 
 # The service's secret settings and the compose secret each one is read from.
 SECRET_FILES = {"SECRETS_MASTER_KEYS": "master_keys", "API_KEY_HASH_KEY": "api_key_hash_key"}
@@ -254,6 +255,10 @@ def test_the_locks_pin_every_dependency_by_hash(lock: Path, extras: tuple[str, .
     for extra in extras:
         wanted += project["optional-dependencies"][extra]
     wanted += tomllib.loads(PYPROJECT.read_text())["build-system"]["requires"]
+    # The client is installed from client/ (not locked, not on PyPI); its dependencies are locked.
+    client = tomllib.loads(CLIENT_PYPROJECT.read_text())["project"]
+    wanted = [line for line in wanted if Requirement(line).name != client["name"]]
+    wanted += client["dependencies"] + client["optional-dependencies"]["events"]
     pins = locked_pins(lock)
     for line in wanted:
         requirement = Requirement(line)

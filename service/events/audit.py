@@ -1,12 +1,13 @@
-"""The reference consumer: reads secret events as a consumer group, appends one JSON line per event.
+"""The reference consumer: appends one JSON line per secret event to an audit log.
 
-Delivery is at least once, so it drops events whose id it has already written,
-including ids written before a restart (it reads its own log back at start).
+It is built on the client's typed consumer (`secrets_client.events.SecretEvents`), as a
+consumer group: malformed records are logged and skipped, repeats are dropped by
+(ce_source, ce_id), including ids written before a restart (it reads its own log back at
+start), and offsets are committed only after the lines are on disk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from secrets_client.events import AnyEvent, SecretEvents
 
 from service.events.faults import KafkaFailure, explain, kafka_log_watch
 from service.events.kafka import KafkaConnection
@@ -23,29 +24,30 @@ from service.events.kafka import KafkaConnection
 logger = logging.getLogger("service.events")
 
 
-def _seen_ids(path: Path) -> set[str]:
-    seen: set[str] = set()
+def _seen(path: Path) -> set[tuple[str, str]]:
+    """(source, id) of every event already in the log."""
+    seen: set[tuple[str, str]] = set()
     if path.exists():
         with path.open(encoding="utf-8") as log:
             for line in log:
                 try:
-                    seen.add(json.loads(line)["id"])
-                except (ValueError, KeyError):
+                    entry = json.loads(line)
+                    seen.add((entry["source"], entry["id"]))
+                except (ValueError, KeyError, TypeError):
                     continue
     return seen
 
 
-def audit_line(record: Any) -> dict[str, Any]:
-    headers = {key: value.decode() for key, value in (record.headers or [])}
+def audit_line(event: AnyEvent) -> dict[str, Any]:
     return {
-        "id": headers.get("ce_id"),
-        "type": headers.get("ce_type"),
-        "source": headers.get("ce_source"),
-        "time": headers.get("ce_time"),
-        "subject": headers.get("ce_subject"),
-        "partition": record.partition,
-        "offset": record.offset,
-        "data": json.loads(record.value),
+        "id": event.id,
+        "type": event.type,
+        "source": event.source,
+        "time": event.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "subject": event.subject,
+        "partition": event.partition,
+        "offset": event.offset,
+        "data": dict(event.data),
     }
 
 
@@ -62,46 +64,41 @@ async def consume(
     connection faults are logged by the Kafka log watch, at most once per cause per 30 s,
     while the consumer reconnects by itself.
     """
-    seen = _seen_ids(output)
+    seen = _seen(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    watch = kafka_log_watch()
-    consumer = AIOKafkaConsumer(
-        topic,
-        **connection.consumer_options(),
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(consumer.start(), 30)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), 5)
-        raise KafkaFailure(explain(exc, connection, started)) from exc
-    watch.report_with(connection)  # from now on the consumer reconnects by itself: faults are only reported
-    logger.info("consuming %s from Kafka at %s as group %s", topic, connection.for_logs, group_id)
     written = 0
-    last_event = time.monotonic()
-    try:
+    watch = kafka_log_watch()
+    events = SecretEvents(
+        connection.bootstrap_servers,
+        topic,
+        group_id,
+        seen=seen,
+        remember=None,
+        poll_seconds=0.5,
+        **connection.consumer_options(),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        started = time.monotonic()
+        try:
+            await stack.enter_async_context(events)
+        except Exception as exc:
+            raise KafkaFailure(explain(exc, connection, started)) from exc
+        watch.report_with(
+            connection
+        )  # from now on the consumer reconnects by itself: faults are only reported
+        logger.info("consuming %s from Kafka at %s as group %s", topic, connection.for_logs, group_id)
+        last_event = time.monotonic()
         with output.open("a", encoding="utf-8") as log:
-            while idle_exit_seconds is None or time.monotonic() - last_event < idle_exit_seconds:
-                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                if not batches:
+            async for batch in events.batches():
+                if not batch:
+                    if idle_exit_seconds is not None and time.monotonic() - last_event >= idle_exit_seconds:
+                        break
                     continue
                 last_event = time.monotonic()
-                for records in batches.values():
-                    for record in records:
-                        line = audit_line(record)
-                        if line["id"] is None or line["id"] in seen:
-                            continue
-                        seen.add(line["id"])
-                        log.write(json.dumps(line, separators=(",", ":")) + "\n")
-                        written += 1
+                for event in batch:
+                    log.write(json.dumps(audit_line(event), separators=(",", ":")) + "\n")
+                    written += 1
                 log.flush()
+                # The batch counts as handled (its offsets committed) only once these lines are on disk.
                 os.fsync(log.fileno())
-                # Offsets are committed only after the lines are on disk: a crash re-reads, never skips.
-                await asyncio.wait_for(consumer.commit(), 30)
-    finally:
-        await asyncio.wait_for(consumer.stop(), 30)
     return written
