@@ -179,8 +179,20 @@ def published_container_ports(service: dict) -> set[int]:
     return ports
 
 
+def command_of(service: dict) -> list[str]:
+    command = service.get("command")
+    if command is None:
+        return dockerfile_cmd()
+    return command if isinstance(command, list) else shlex.split(command)
+
+
 def repo_services(services: dict[str, dict]) -> dict[str, dict]:
-    return {name: svc for name, svc in services.items() if builds_repo_image(svc)}
+    """The instances of the service: built from the repository, serving the API (not the sync agent)."""
+    return {
+        name: svc
+        for name, svc in services.items()
+        if builds_repo_image(svc) and command_of(svc)[0] != "secrets-sync"
+    }
 
 
 def kafka_service_name(services: dict[str, dict]) -> str:
@@ -500,8 +512,9 @@ def started(config: dict, active: set[str]) -> set[str]:
         ((), set()),
         (("single",), {"kafka", "secrets"}),
         (("scaled",), {"kafka", "postgres", "secrets-a", "secrets-b", "lb"}),
+        (("single", "sync"), {"kafka", "secrets", "secrets-sync", "example-app"}),
     ],
-    ids=["no profile", "single", "scaled"],
+    ids=["no profile", "single", "scaled", "single+sync"],
 )
 def test_compose_config_starts_exactly_the_profiles_services(
     docker_compose: str, profile: tuple[str, ...], expected: set[str]
@@ -742,3 +755,94 @@ def test_the_docker_run_example_keeps_the_database_and_reaches_kafka(argv: list[
     assert argv[-1] == "secrets-service"
     published = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-p"]
     assert published and all(p.startswith("127.0.0.1:") for p in published), "plain HTTP beyond loopback"
+
+
+# --------------------------------------------------------------------------
+# profile "sync": the sync agent as a sidecar, an app reading its files
+# --------------------------------------------------------------------------
+
+
+def mounts(service: dict) -> dict[str, tuple[str, list[str]]]:
+    """Container path -> (source, options) of a service's short-form volumes."""
+    found = {}
+    for entry in service.get("volumes") or []:
+        source, target, *options = str(entry).split(":")
+        found[target] = (source, options[0].split(",") if options else [])
+    return found
+
+
+def dockerfile_uid() -> str:
+    users = [args for kw, args in final_stage() if kw == "USER"]
+    return users[-1].split(":")[0]
+
+
+@pytest.fixture(scope="module")
+def agent(services: dict[str, dict]) -> tuple[str, dict]:
+    found = [
+        (n, s) for n, s in services.items() if builds_repo_image(s) and command_of(s)[0] == "secrets-sync"
+    ]
+    assert len(found) == 1, "expected one secrets-sync sidecar"
+    return found[0]
+
+
+def test_the_agent_runs_the_clients_console_script_against_the_service(
+    agent: tuple[str, dict], compose: dict, services: dict[str, dict]
+) -> None:
+    _, svc = agent
+    scripts = tomllib.loads(CLIENT_PYPROJECT.read_text())["project"]["scripts"]
+    assert "secrets-sync" in scripts, "client/pyproject.toml does not declare secrets-sync"
+    runs = [args for kw, args in dockerfile_instructions() if kw == "RUN"]
+    assert any(re.search(r"pip install .*--no-deps.* \./client(\s|$)", r) for r in runs), (
+        "the image does not install the client (and with it secrets-sync)"
+    )
+    url = urlsplit(option_value(command_of(svc), "--url"))
+    assert url.hostname in repo_services(services) and url.port == served_port(), (
+        f"--url {url.geturl()} is no instance of the service"
+    )
+    env = environment(svc)
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == environment(services[url.hostname])["KAFKA_BOOTSTRAP_SERVERS"]
+    assert "KAFKA_TOPIC" in env
+    # The agent's own key: a compose secret read through SECRETS_API_KEY_FILE, never in the environment.
+    assert "SECRETS_API_KEY" not in env
+    secret = env["SECRETS_API_KEY_FILE"].removeprefix("/run/secrets/")
+    assert secret in (svc.get("secrets") or []) and "file" in (compose.get("secrets") or {})[secret]
+    for var, key in SECRET_FILES.items():
+        assert var not in env and f"{var}_FILE" not in env, f"the agent is given {var}"
+        assert key not in (svc.get("secrets") or []), (
+            f"the agent mounts {key}: it needs only a secrets:read key"
+        )
+
+
+def test_the_agent_writes_to_a_tmpfs_volume_that_the_app_mounts_read_only(
+    agent: tuple[str, dict], compose: dict, services: dict[str, dict]
+) -> None:
+    agent_name, svc = agent
+    directory = option_value(command_of(svc), "--dir")
+    volume, options = mounts(svc)[directory]
+    assert "ro" not in options, "the agent cannot write to a read-only mount"
+    assert not directory.startswith("/run/secrets"), "compose mounts its secrets there"
+    spec = (compose.get("volumes") or {}).get(volume) or {}
+    driver = spec.get("driver_opts") or {}
+    assert driver.get("type") == "tmpfs", f"{volume} is not a tmpfs: synced secrets would reach a disk"
+    tmpfs_options = dict(o.split("=", 1) for o in driver.get("o", "").split(",") if "=" in o)
+    assert tmpfs_options.get("mode") == "0700"
+    assert tmpfs_options.get("uid") == dockerfile_uid(), "the agent (the image's user) must own the volume"
+    assert "test" in svc["healthcheck"]["test"] and f"{directory}/.ready" in svc["healthcheck"]["test"]
+
+    readers = {
+        name: s
+        for name, s in services.items()
+        if name != agent_name and any(source == volume for source, _ in mounts(s).values())
+    }
+    assert readers, f"no application mounts {volume}"
+    for name, reader in readers.items():
+        assert all("ro" in opts for source, opts in mounts(reader).values() if source == volume), (
+            f"{name} mounts the secrets volume writable"
+        )
+        assert str(reader.get("user", "")).split(":")[0] == dockerfile_uid(), (
+            f"{name} cannot read the agent's 0600 files as another uid"
+        )
+        assert depends_on(reader)[agent_name]["condition"] == "service_healthy", (
+            f"{name} starts before the first sync is on the volume"
+        )
+        assert profiles(reader) == profiles(svc)

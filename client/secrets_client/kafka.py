@@ -3,8 +3,9 @@
 KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, KAFKA_TIMEOUT_SECONDS, and the security settings:
 KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL), KAFKA_SASL_MECHANISM
 (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD,
-KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE. An error names the variable,
-never its value; the password is never in a repr.
+KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE. As for the service, the password
+can come from the file named by KAFKA_SASL_PASSWORD_FILE instead. An error names the
+variable, never its value; the password is never in a repr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -23,6 +25,26 @@ _HOST_PORT = re.compile(r"[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}")
 
 class KafkaSettingsError(ValueError):
     """A Kafka setting is missing, malformed or inconsistent; the message names the variable, never its value."""
+
+
+def secret_setting(env: Mapping[str, str], name: str) -> str | None:
+    """A secret setting from NAME, or from the file named by NAME_FILE (as Docker and Kubernetes mount
+    secrets; surrounding whitespace dropped), as the service reads its own; None when neither is set."""
+    file_name = name + "_FILE"
+    value, path = env.get(name) or None, (env.get(file_name) or "").strip() or None
+    if value is not None and path is not None:
+        raise KafkaSettingsError(f"{name} and {file_name} are both set: keep one")
+    if path is None:
+        return value
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KafkaSettingsError(
+            f"{file_name} names a file that cannot be read ({type(exc).__name__})"
+        ) from None
+    if not text:
+        raise KafkaSettingsError(f"{file_name} names an empty file")
+    return text
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,7 @@ class KafkaSettings:
             sasl_mechanism=mechanism,
             sasl_username=get("KAFKA_SASL_USERNAME"),
             # A password is taken as it is: spaces may be part of it.
-            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            sasl_password=secret_setting(env, "KAFKA_SASL_PASSWORD"),
             ssl_cafile=_readable("KAFKA_SSL_CAFILE", get("KAFKA_SSL_CAFILE")),
             ssl_certfile=_readable("KAFKA_SSL_CERTFILE", get("KAFKA_SSL_CERTFILE")),
             ssl_keyfile=_readable("KAFKA_SSL_KEYFILE", get("KAFKA_SSL_KEYFILE")),

@@ -102,3 +102,21 @@ def test_bad_settings_name_the_variable_never_the_value(env: dict[str, str], nam
         KafkaSettings.from_env(env)
     assert names in str(refused.value)
     assert CANARY not in str(refused.value)
+
+
+def test_the_sasl_password_can_come_from_a_file_as_for_the_service(tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(CANARY + "\n")
+    env = {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "agent",
+        "KAFKA_SASL_PASSWORD_FILE": str(password_file),
+    }
+    assert KafkaSettings.from_env(env).client_options()["sasl_plain_password"] == CANARY
+    with pytest.raises(KafkaSettingsError) as both:
+        KafkaSettings.from_env({**env, "KAFKA_SASL_PASSWORD": CANARY})
+    assert "both set" in str(both.value) and CANARY not in str(both.value)
+    with pytest.raises(KafkaSettingsError) as missing:
+        KafkaSettings.from_env({**env, "KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "nope")})
+    assert "KAFKA_SASL_PASSWORD_FILE" in str(missing.value)
