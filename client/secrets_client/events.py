@@ -389,7 +389,8 @@ class SecretEvents:
 
     async def _refresh(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
         loop = asyncio.get_running_loop()
-        if loop.time() < self._next_refresh:
+        # Without partitions (no topic yet) look at every poll: the first events are waiting.
+        if loop.time() < self._next_refresh and consumer.assignment():
             return
         self._next_refresh = loop.time() + self._refresh_seconds
         try:

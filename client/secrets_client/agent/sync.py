@@ -26,7 +26,7 @@ from secrets_client.client import SecretsClient
 from secrets_client.errors import ForbiddenError, GoneError, NotFoundError, SecretsError, UnauthorizedError
 from secrets_client.events import AnyEvent, SecretAccessed, SecretDeleted, SecretEvents
 from secrets_client.kafka import KafkaSettings
-from secrets_client.models import SecretValue
+from secrets_client.models import Secret, SecretValue
 
 logger = logging.getLogger("secrets_client.agent")
 
@@ -59,7 +59,7 @@ class SyncAgent:
         resync_seconds: float = 300.0,
         on_change: str | None = None,
         on_change_timeout: float = 60.0,
-        read_concurrency: int = 8,
+        read_concurrency: int = 16,
         events: Callable[[], SecretEvents] | None = None,
     ) -> None:
         self.client = client
@@ -165,14 +165,14 @@ class SyncAgent:
             for s in listed.values()
             if self.held.get(s.name) != Held(s.id, s.version) or not self.files.exists(s.name)
         ]
-        changed = set()
-        for name, value in zip(
-            [s.name for s in stale],
-            await asyncio.gather(*(self._read(s.id, None) for s in stale)),
-            strict=True,
-        ):
-            if value is not None and self._store(name, value):
-                changed.add(name)
+        changed: set[str] = set()
+
+        async def read_and_write(secret: Secret) -> None:
+            value = await self._read(secret.id, None)
+            if value is not None and self._store(secret.name, value):
+                changed.add(secret.name)
+
+        await asyncio.gather(*(read_and_write(secret) for secret in stale))
         for name in (set(self.held) | self.files.names()) - set(listed):
             self.held.pop(name, None)
             if self.files.remove(name):
@@ -211,22 +211,23 @@ class SyncAgent:
             if held is not None and held.secret_id == event.secret_id and held.version >= event.version:
                 continue  # a repeat, or older than what the file holds
             reads.append(event)
-        results = await asyncio.gather(
-            *(self._read(e.secret_id, e.version) for e in reads), return_exceptions=True
-        )
-        for event, value in zip(reads, results, strict=True):
-            if isinstance(value, SecretsError):
-                logger.warning("could not read %s (%s): resyncing soon", event.name, type(value).__name__)
+
+        async def read_and_write(event: AnyEvent) -> None:
+            # Each file is written as soon as its value arrives, not after the whole batch's reads.
+            try:
+                value = await self._read(event.secret_id, event.version)
+            except SecretsError as exc:
+                logger.warning("could not read %s (%s): resyncing soon", event.name, type(exc).__name__)
                 self._next_resync = min(self._next_resync, time.monotonic() + 2.0)
-                continue
-            if isinstance(value, BaseException):
-                raise value
+                return
             if value is None:
-                continue
+                return
             if self.project_id is None:
                 self.project_id = event.project_id
             if self._store(event.name, value):
                 changed.add(event.name)
+
+        await asyncio.gather(*(read_and_write(event) for event in reads))
         await self._changed(changed)
 
     # --- reads and writes ---------------------------------------------------------------
