@@ -27,6 +27,9 @@ from secrets_client.kafka import KafkaSettings, KafkaSettingsError, secret_setti
 
 logger = logging.getLogger("secrets_client.agent")
 
+# Value reads in flight at once, each on a connection of its own.
+READ_CONCURRENCY = 8
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secrets-sync", description=__doc__.split("\n\n")[0])
@@ -122,7 +125,9 @@ async def _run(args: argparse.Namespace, api_key: str, kafka: KafkaSettings) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     files = SecretFiles(args.dir, args.env_file)
-    async with SecretsClient(args.url, api_key, total_timeout=30.0) as client:
+    async with SecretsClient(
+        args.url, api_key, total_timeout=30.0, max_connections=READ_CONCURRENCY
+    ) as client:
         agent = SyncAgent(
             client,
             files,
@@ -130,6 +135,7 @@ async def _run(args: argparse.Namespace, api_key: str, kafka: KafkaSettings) -> 
             resync_seconds=args.resync_seconds,
             on_change=args.on_change,
             on_change_timeout=args.on_change_timeout,
+            read_concurrency=READ_CONCURRENCY,
         )
         if args.once:
             files.clear_ready()
