@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 from wsgiref.simple_server import WSGIServer
@@ -22,10 +25,11 @@ from service.crypto import Keyring
 from service.db.dialect import open_database
 from service.db.lease import lease
 from service.db.migrations import MIGRATIONS, migrate, schema_version
-from service.db.store import Store
+from service.db.store import Database, Store
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 from service.events.publisher import KafkaPublisher, Publisher
 from service.events.relay import RELAY_LOCK, OutboxRelay
+from service.events.relay_process import RelayProcess
 from service.http import responses
 from service.http.asyncapi import asyncapi_document
 from service.http.limits import Limit, RateLimiter
@@ -78,12 +82,68 @@ def kafka_publisher(settings: Settings) -> KafkaPublisher:
     )
 
 
+def outbox_relay(
+    settings: Settings, store: Store, database: Database, clock: Clock, publisher: Publisher | None = None
+) -> OutboxRelay:
+    return OutboxRelay(
+        store,
+        publisher or kafka_publisher(settings),
+        lease(database, RELAY_LOCK, "relay"),
+        clock,
+        poll_seconds=settings.outbox_poll_seconds,
+        retention_seconds=settings.outbox_retention_seconds,
+        shutdown_seconds=settings.relay_shutdown_seconds,
+    )
+
+
+async def run_relay(settings: Settings, *, wake_from_stdin: bool) -> int:
+    """The relay alone (`secrets-service relay`), until SIGTERM/SIGINT or, woken through its stdin by
+    the API process that started it, until that process goes away (its end of the pipe closes)."""
+    clock = SystemClock()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as resources:
+        database = open_database(settings.database, settings.sqlite_synchronous)
+        await database.open()
+        resources.push_async_callback(database.close)
+        await migrate(database)
+        if settings.relay_metrics_port is not None:
+            server, thread = start_http_server(
+                settings.relay_metrics_port, settings.metrics_host, registry=metrics.REGISTRY
+            )
+            resources.callback(_stop_metrics_server, server, thread)
+        store = Store(database)
+        relay = outbox_relay(settings, store, database, clock)
+        await store.start()
+        resources.push_async_callback(store.stop)
+        await relay.start()
+        resources.push_async_callback(relay.stop)
+        if wake_from_stdin:
+
+            def readable() -> None:
+                if os.read(0, 4096):
+                    relay.wake()
+                else:
+                    loop.remove_reader(0)
+                    logger.info("the API process has gone; the relay flushes and stops")
+                    stop.set()
+
+            loop.add_reader(0, readable)
+            resources.callback(loop.remove_reader, 0)
+        logger.info("relay running (process %d)", os.getpid())
+        await stop.wait()
+    return 0
+
+
 def create_app(
     settings: Settings,
     *,
     clock: Clock | None = None,
     publisher: Publisher | None = None,
     lifecycle: Lifecycle | None = None,
+    relay_command: Sequence[str] | None = None,
 ) -> Starlette:
     """The service. `clock` and `publisher` replace the system clock and Kafka (tests use them);
     `lifecycle` is the server's, which says when the process drains."""
@@ -109,21 +169,16 @@ def create_app(
                 )
                 resources.callback(_stop_metrics_server, server, thread)
                 logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-            relay: OutboxRelay | None = None
+            relay: OutboxRelay | RelayProcess | None = None
             store = Store(database, lambda: relay.wake() if relay else None)
-            relay = OutboxRelay(
-                store,
-                publisher or kafka_publisher(settings),
-                lease(database, RELAY_LOCK, "relay"),
-                clock,
-                poll_seconds=settings.outbox_poll_seconds,
-                retention_seconds=settings.outbox_retention_seconds,
-                shutdown_seconds=settings.relay_shutdown_seconds,
-            )
+            if relay_command is None:
+                relay = outbox_relay(settings, store, database, clock, publisher)
+            else:
+                relay = RelayProcess(relay_command, settings.relay_shutdown_seconds)
             retention = IdempotencyRetention(store, clock)
             await store.start()
             resources.push_async_callback(store.stop)
-            relay.start()
+            await relay.start()
             resources.push_async_callback(relay.stop)
             retention.start()
             resources.push_async_callback(retention.stop)

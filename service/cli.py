@@ -32,9 +32,10 @@ _KEYS_NEEDED: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("keys", "rewrap"): ("SECRETS_MASTER_KEYS",),
     ("keys", "status"): ("SECRETS_MASTER_KEYS",),
     ("audit-consume", None): (),
+    ("relay", None): (),
 }
 # Commands that run until stopped log at LOG_LEVEL; the others keep stderr for errors unless --verbose.
-_LONG_RUNNING = {"serve", "audit-consume"}
+_LONG_RUNNING = {"serve", "audit-consume", "relay"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="default: $HOST, else 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: $PORT, else 8000")
     serve.add_argument("--graceful-shutdown-seconds", type=float, default=10.0)
+    serve.add_argument(
+        "--relay",
+        choices=("inprocess", "separate"),
+        default=None,
+        help="where the outbox relay runs: in this process, or in a child process of its own "
+        "(default: $RELAY_MODE, else inprocess)",
+    )
+
+    relay = commands.add_parser(
+        "relay", help="run the outbox relay alone (serve --relay=separate starts one)"
+    )
+    relay.add_argument(
+        "--wake-stdin",
+        action="store_true",
+        help="woken through stdin by the process that started it; stop at EOF",
+    )
 
     commands.add_parser("migrate", help="apply pending database migrations")
 
@@ -137,6 +154,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _serve(settings, args)
     if args.command == "audit-consume":
         return _audit_consume(settings, args)
+    if args.command == "relay":
+        from service.app import run_relay
+
+        return asyncio.run(run_relay(settings, wake_from_stdin=args.wake_stdin))
     return asyncio.run(_admin(settings, args))
 
 
@@ -260,8 +281,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         head_timeout=settings.http_head_timeout_seconds,
         body_timeout=settings.http_body_timeout_seconds,
     )
+    relay_command = None
+    if (args.relay or settings.relay_mode) == "separate":
+        env_file = ["--env-file", str(args.env_file)] if args.env_file is not None else []
+        relay_command = [sys.executable, "-m", "service.cli", *env_file, "relay", "--wake-stdin"]
     config = uvicorn.Config(
-        create_app(settings, lifecycle=lifecycle),
+        create_app(settings, lifecycle=lifecycle, relay_command=relay_command),
         host=args.host or settings.host,
         port=settings.port if args.port is None else args.port,
         loop="uvloop",

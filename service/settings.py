@@ -231,6 +231,11 @@ class Settings:
     rate_limit_burst: int = _setting("RATE_LIMIT_BURST", 200, _at_least(1, int))
     rate_limit_reads_per_second: float = _setting("RATE_LIMIT_READS_PER_SECOND", 50.0, _at_least(0.0, float))
     rate_limit_reads_burst: int = _setting("RATE_LIMIT_READS_BURST", 500, _at_least(1, int))
+    # inprocess: serve runs the outbox relay in its own event loop; separate: in a child process of its
+    # own (`serve --relay` overrides it).
+    relay_mode: str = _setting("RELAY_MODE", "inprocess", _one_of("inprocess", "separate"))
+    # The relay process's /metrics (separate mode, or `secrets-service relay`): unset, none.
+    relay_metrics_port: int | None = _setting("RELAY_METRICS_PORT", None, _port)
     # GET /metrics is on the service's port unless METRICS_PORT names a port of its own (then only there).
     metrics_port: int | None = _setting("METRICS_PORT", None, _port)
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", _text)

@@ -183,7 +183,7 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wakeup.set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:

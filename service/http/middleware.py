@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import traceback
+from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -103,6 +104,17 @@ class EdgeMiddleware:
 def _count(scope: Scope, status: int, started_at: float) -> None:
     """The request in the metrics, by its route's template (never its path: a path can name a secret)."""
     route = scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    metrics.REQUESTS.labels(template, scope["method"], str(status)).inc()
-    metrics.REQUEST_SECONDS.labels(template, scope["method"]).observe(time.perf_counter() - started_at)
+    key = (getattr(route, "path", "unmatched"), scope["method"], status)
+    children = _CHILDREN.get(key)
+    if children is None:
+        # labels() takes a lock and builds its key each time: the few children there are are kept.
+        template, method, _ = key
+        children = _CHILDREN[key] = (
+            metrics.REQUESTS.labels(template, method, str(status)),
+            metrics.REQUEST_SECONDS.labels(template, method),
+        )
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started_at)
+
+
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -68,7 +68,7 @@ def relay_on(settings: Settings) -> RelayFactory:
             retry_seconds=retry_seconds,
         )
         await store.start()
-        relay.start()
+        await relay.start()
         try:
             yield store, relay
         finally:
