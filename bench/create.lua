@@ -16,13 +16,13 @@ done = tally.done("201")
 local counter = 0
 local prefix = "BENCH"
 local headers = {}
+local keys = {}
 
 function init(args)
-   local token = args[1] or ""
+   keys = tally.keys(args[1])
    prefix = args[2] or "BENCH"
    headers = {
       ["Content-Type"] = "application/json",
-      ["X-Auth-Token"] = token,
    }
    tally.count(args[3] == "count")
 end
@@ -30,6 +30,7 @@ end
 function request()
    counter = counter + 1
    sent = counter
+   headers["X-Auth-Token"] = keys[(counter + tid) % #keys + 1]
    local body = '{"name":"' .. prefix .. "_" .. tid .. "_" .. counter ..
       '","value":"bench-value-0123456789abcdef-0123456789abcdef"}'
    return wrk.format("POST", nil, headers, body)

@@ -23,14 +23,15 @@ local names = "BENCHREAD"
 local count = 1
 local offset = 0
 local headers = {}
+local keys = {}
 
 function init(args)
-   local token = args[1] or ""
+   keys = tally.keys(args[1])
    prefix = args[2] or "BENCH"
    names = args[3] or "BENCHREAD"
    count = tonumber(args[4]) or 1
    offset = math.floor((tid - 1) * count / 2)
-   headers = { ["X-Auth-Token"] = token }
+   headers = {}
    tally.count(args[5] == "count")
 end
 
@@ -38,6 +39,7 @@ function request()
    counter = counter + 1
    sent = counter
    local i = (offset + counter) % count
+   headers["X-Auth-Token"] = keys[(counter + tid) % #keys + 1]
    headers["X-Request-ID"] = prefix .. "-" .. tid .. "-" .. counter
    return wrk.format("GET", "/api/secrets/by-name/" .. names .. "_" .. i .. "/value", headers)
 end

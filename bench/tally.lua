@@ -20,6 +20,19 @@ local next_tid = 0
 statuses = {}
 sent = 0
 
+-- The key argument: one key, or "@<file>" of keys (one a line) that requests take turns with.
+function tally.keys(arg)
+   local keys = {}
+   if arg and arg:sub(1, 1) == "@" then
+      for key in io.lines(arg:sub(2)) do
+         if #key > 0 then table.insert(keys, key) end
+      end
+   else
+      table.insert(keys, arg or "")
+   end
+   return keys
+end
+
 function tally.setup(thread)
    next_tid = next_tid + 1
    thread:set("tid", next_tid)

@@ -19,12 +19,13 @@ setup = tally.setup
 done = tally.done("200")
 
 local counter = 0
+local keys = {}
 local prefix = "BENCH"
 local ids = {}
 local headers = {}
 
 function init(args)
-   local token = args[1] or ""
+   keys = tally.keys(args[1])
    prefix = args[2] or "BENCH"
    local threads = tonumber(args[4]) or 1
    local line = 0
@@ -37,7 +38,6 @@ function init(args)
    assert(#ids > 0, "no secret ids for thread " .. tid .. " in " .. tostring(args[3]))
    headers = {
       ["Content-Type"] = "application/json",
-      ["X-Auth-Token"] = token,
    }
    tally.count(args[5] == "count")
 end
@@ -46,6 +46,7 @@ function request()
    counter = counter + 1
    sent = counter
    local id = ids[(counter - 1) % #ids + 1]
+   headers["X-Auth-Token"] = keys[(counter + tid) % #keys + 1]
    headers["X-Request-ID"] = prefix .. "-" .. tid .. "-" .. counter
    local body = '{"value":"bench-update-' .. tid .. "-" .. counter .. '-0123456789abcdef-0123456789"}'
    return wrk.format("PUT", "/api/secrets/" .. id, headers, body)

@@ -74,6 +74,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up seconds per app (default 5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--relay",
+        choices=("inprocess", "separate"),
+        default="inprocess",
+        help="where the service runs its outbox relay (RELAY_MODE): its own event loop, or a child process",
+    )
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=256,
+        help="API keys the load takes turns with (default 256; the per-key rate limits stay at their defaults); 1: one key, rate limits off",
+    )
     p.add_argument("--timeout", type=int, default=5, help="wrk request timeout, seconds")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")
     p.add_argument("--probe-interval", type=float, default=0.05)

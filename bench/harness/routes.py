@@ -34,6 +34,7 @@ class Setup(Protocol):
     def service_url(self) -> str: ...
     def bare_url(self) -> str: ...
     def issue_key(self, *scopes: str) -> str: ...
+    def key_pool(self, *scopes: str) -> str: ...
 
 
 class Route(Protocol):
@@ -46,7 +47,8 @@ class Route(Protocol):
     check_key: str  # the round's field saying every success left it
     base_label: str  # the rounds before the prefill, as the table labels them
     request: str  # what the route is, for the report
-    token: str  # the key wrk sends
+    token: str  # the key of the route's own requests (setup, probes)
+    keys: str  # what wrk sends: "@<file>" of keys its requests take turns with
 
     def prepare(self, setup: Setup) -> dict[str, Any]: ...
     def script_args(self, prefix: str, count: bool) -> list[str]: ...
@@ -127,13 +129,15 @@ class CreateRoute:
 
     def __init__(self) -> None:
         self.token = ""
+        self.keys = ""  # what wrk sends: "@<file>" of keys to take turns with
 
     def prepare(self, setup: Setup) -> dict[str, Any]:
         self.token = setup.token
+        self.keys = setup.key_pool()
         return {}
 
     def script_args(self, prefix: str, count: bool) -> list[str]:
-        return [self.token, prefix, *_count(count)]
+        return [self.keys, prefix, *_count(count)]
 
     def round_check(self, db: Database, prefix: str, seq_before: int, ok: int, sent: int) -> dict[str, Any]:
         rows = db.rows_with_prefix(prefix)
@@ -185,6 +189,7 @@ class ReadRoute:
         self.count = count
         self.base_label = f"{count:,} secrets"
         self.token = ""
+        self.keys = ""  # what wrk sends: "@<file>" of keys to take turns with
         self.names = ""
 
     def prepare(self, setup: Setup) -> dict[str, Any]:
@@ -192,6 +197,7 @@ class ReadRoute:
         log(f"creating {self.count:,} secrets to read ({self.names}_0 ..) and a secrets:read key")
         _create_many(setup.service_url(), setup.token, [f"{self.names}_{i}" for i in range(self.count)])
         self.token = setup.issue_key("secrets:read")
+        self.keys = setup.key_pool("secrets:read")
         method, path, _ = self.probe(0, setup.run_id)
         headers = {"X-Auth-Token": self.token}
         _same_shape(
@@ -207,7 +213,7 @@ class ReadRoute:
         }
 
     def script_args(self, prefix: str, count: bool) -> list[str]:
-        return [self.token, prefix, self.names, str(self.count), *_count(count)]
+        return [self.keys, prefix, self.names, str(self.count), *_count(count)]
 
     def round_check(self, db: Database, prefix: str, seq_before: int, ok: int, sent: int) -> dict[str, Any]:
         check = _events_check(db, "secret.accessed", prefix, seq_before, ok, sent)
@@ -264,6 +270,7 @@ class UpdateRoute:
         self.versions_kept = versions_kept
         self.base_label = f"{count:,} secrets"
         self.token = ""
+        self.keys = ""  # what wrk sends: "@<file>" of keys to take turns with
         self.names = ""
         self.ids_file = Path()
         self.probe_id = ""
@@ -277,6 +284,7 @@ class UpdateRoute:
         # the probe updates a secret of its own, outside the set the rounds check
         (self.probe_id,) = _create_many(setup.service_url(), setup.token, [f"PROBE_{setup.run_id}_UPDATE"])
         self.token = setup.token
+        self.keys = setup.key_pool()
         method, path, body = self.probe(0, setup.run_id)
         headers = {"X-Auth-Token": self.token}
         _same_shape(
@@ -292,7 +300,7 @@ class UpdateRoute:
         }
 
     def script_args(self, prefix: str, count: bool) -> list[str]:
-        return [self.token, prefix, str(self.ids_file), str(self.threads), *_count(count)]
+        return [self.keys, prefix, str(self.ids_file), str(self.threads), *_count(count)]
 
     def round_check(self, db: Database, prefix: str, seq_before: int, ok: int, sent: int) -> dict[str, Any]:
         check = _events_check(db, "secret.updated", prefix, seq_before, ok, sent)

@@ -64,6 +64,29 @@ def run_label(route: str, database: str, replicas: int) -> str:
     return f"-{route}-{database}" + (f"-{replicas}replicas" if replicas > 1 else "")
 
 
+# Issues API keys in one process (a `keys issue` each would cost a Python start per key).
+_ISSUE_KEYS = """
+import asyncio, sys
+from service.accounts import admin
+from service.accounts.model import SCOPES
+from service.clock import SystemClock
+from service.db.dialect import open_store
+from service.settings import Settings
+
+async def main():
+    settings = Settings.from_env()
+    project, count, scopes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    async with open_store(settings.database, settings.sqlite_synchronous) as store:
+        for _ in range(count):
+            key = await admin.issue_api_key(
+                store, settings.api_key_hash_key.reveal(), SystemClock(), project, scopes or SCOPES
+            )
+            print(key.api_key)
+
+asyncio.run(main())
+"""
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -104,6 +127,28 @@ class Bench:
 
     def bare_url(self) -> str:
         return f"http://127.0.0.1:{self.args.bare_port}"
+
+    def key_pool(self, *scopes: str) -> str:
+        """--keys keys holding `scopes`, for wrk to take turns with: "@<file>", one key a line (0600).
+
+        The service runs with its per-key rate limits at their defaults, as an operator would;
+        load spread over many keys, as many clients would send it, stays under them.
+        """
+        count = self.args.keys
+        if count <= 1:  # one key, rate limits off (and service code older than key scopes works)
+            return self.issue_key(*scopes) if scopes else self.token
+        path = self.tmp / f"keys-{'-'.join(s.split(':')[1] for s in scopes) or 'all'}.txt"
+        issued = subprocess.run(
+            [sys.executable, "-c", _ISSUE_KEYS, self.project_id, str(count), *scopes],
+            env=self._env, capture_output=True, text=True, check=True, cwd=self.service_cwd,
+        )  # fmt: skip
+        keys = issued.stdout.split()
+        if len(keys) != count:
+            raise RuntimeError(f"issued {len(keys)} keys, not {count}: {issued.stderr[-500:]}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(keys) + "\n")
+        return f"@{path}"
 
     def issue_key(self, *scopes: str) -> str:
         issued = subprocess.run(
@@ -164,10 +209,10 @@ class Bench:
             "KAFKA_TOPIC": self.topic,
             "MAX_SECRETS_PER_PROJECT": "100000000",
             "SECRET_VERSIONS_KEPT": str(VERSIONS_KEPT),
-            # One key carries the whole load: its per-key rate limits (0 = none) would answer 429.
-            "RATE_LIMIT_PER_SECOND": "0",
-            "RATE_LIMIT_READS_PER_SECOND": "0",
+            "RELAY_MODE": a.relay,
         }
+        if a.keys <= 1:  # one key carries the whole load: its per-key rate limits (0 = none) would answer 429
+            self._env.update(RATE_LIMIT_PER_SECOND="0", RATE_LIMIT_READS_PER_SECOND="0")
         self._env.pop("AUTH_CACHE_SECONDS", None)
         created = subprocess.run(
             [*self.service_cmd, "projects", "create", f"bench-{self.run_id}"],
@@ -722,7 +767,11 @@ class Bench:
             "auth_cache_seconds": "default",
             "max_secrets_per_project": 100000000,
             "secret_versions_kept": VERSIONS_KEPT,
-            "rate_limits": "off (RATE_LIMIT_PER_SECOND=0, RATE_LIMIT_READS_PER_SECOND=0)",
+            "rate_limits": (
+                f"on, at their defaults; the load spread over {self.args.keys} API keys"
+                if self.args.keys > 1
+                else "off (RATE_LIMIT_PER_SECOND=0, RATE_LIMIT_READS_PER_SECOND=0); one API key"
+            ),
             "kafka": f"{self.bootstrap} topic {self.topic}",
             "database_server": self.database_description,
         }
