@@ -187,7 +187,8 @@ def generate_api_key() -> str:
 
 def hash_api_key(hash_key: bytes, api_key: str) -> str:
     """The keyed hash stored in place of the key."""
-    return hmac.new(hash_key, api_key.encode(), hashlib.sha256).hexdigest()
+    # The one-shot C HMAC: a third of hmac.new(...).hexdigest()'s cost, and it runs on every request.
+    return hmac.digest(hash_key, api_key.encode(), "sha256").hex()
 
 
 def derive_key(key: bytes, purpose: str) -> bytes:

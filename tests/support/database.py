@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,7 @@ import asyncpg
 from service.crypto import Binding, Keyring, unseal
 from service.db.dialect import open_database
 from service.db.plan import Execute, Fetch, single
+from service.db.sqlite import SCRUB_WITHIN_SECONDS
 from service.db.store import Database
 from service.db.url import DatabaseURL
 from service.events.relay import CursorProgress, MarkedProgress
@@ -97,3 +99,18 @@ async def events_for(settings: Settings, secret_id: str) -> list[str]:
     """The types of the outbox events about one secret, in commit order."""
     rows = await query(settings, "SELECT event_type FROM outbox WHERE subject = ? ORDER BY seq", secret_id)
     return [row[0] for row in rows]
+
+
+async def traceless(directory: Path, sealed: bytes, within: float = SCRUB_WITHIN_SECONDS + 1.0) -> None:
+    """Wait until no SQLite file in `directory` holds `sealed`, failing after `within` seconds: removed
+    ciphertext lingers in the WAL until the checkpoint that follows at most SCRUB_WITHIN_SECONDS later."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        files = list(directory.glob("secrets.db*"))
+        assert any(f.name.endswith("-wal") for f in files)
+        holding = [f.name for f in files if sealed in f.read_bytes()]
+        if not holding:
+            return
+        assert loop.time() < deadline, f"still in {holding} {within} s later"
+        await asyncio.sleep(0.05)
