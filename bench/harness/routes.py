@@ -14,6 +14,7 @@ which the service writes into the event of each answer.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,9 +75,13 @@ def _create_many(url: str, token: str, names: list[str]) -> list[str]:
     """Create secrets (VALUE) through the service, a few at a time; their ids, in the order of names."""
 
     def one(name: str) -> str:
-        status, body = http(
-            "POST", f"{url}/api/secrets", {"name": name, "value": VALUE}, {"X-Auth-Token": token}
-        )
+        for _ in range(30):
+            status, body = http(
+                "POST", f"{url}/api/secrets", {"name": name, "value": VALUE}, {"X-Auth-Token": token}
+            )
+            if status != 429:
+                break
+            time.sleep(1.0)  # over the key's rate limit (on at its default): its Retry-After is 1 s
         if status != 201:
             raise RuntimeError(f"creating {name} answered {status}: {body!r}")
         return str(body["id"])

@@ -51,7 +51,22 @@ class ExecuteMany:
     rows: Sequence[Sequence[Any]]
 
 
-Statement = Fetch | Execute | ExecuteMany
+@dataclass(frozen=True, slots=True)
+class UpdateMany:
+    """Set `columns` of many rows of `table`, each found by its `key` (distinct keys); receives None.
+
+    Each row of `rows` is the key, then the columns' values. The database runs it as it
+    does best: SQLite as one UPDATE ... FROM (VALUES ...) (one step of its thread, where
+    ExecuteMany hands the GIL over once a row), PostgreSQL as one prepared UPDATE for all rows.
+    """
+
+    table: str
+    key: str
+    columns: tuple[str, ...]
+    rows: Sequence[Sequence[Any]]
+
+
+Statement = Fetch | Execute | ExecuteMany | UpdateMany
 Plan = Generator[Statement, Any, T]
 
 

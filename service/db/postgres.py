@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from service.db.plan import Execute, Fetch, Plan
+from service.db.plan import Execute, Fetch, Plan, UpdateMany
 from service.db.url import DatabaseTLSError, Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
@@ -40,12 +40,26 @@ async def run_plan(conn: asyncpg.Connection, plan: Plan[T]) -> T:
             elif isinstance(statement, Execute):
                 status = await conn.execute(numbered(statement.sql), *statement.params)
                 result = int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+            elif isinstance(statement, UpdateMany):
+                if statement.rows:
+                    await conn.executemany(
+                        _update_by_key(statement.table, statement.key, statement.columns),
+                        [(*row[1:], row[0]) for row in statement.rows],
+                    )
+                result = None
             else:
                 if statement.rows:
                     await conn.executemany(numbered(statement.sql), statement.rows)
                 result = None
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _update_by_key(table: str, key: str, columns: tuple[str, ...]) -> str:
+    """One prepared UPDATE, run for every row (the key is its last parameter)."""
+    sets = ", ".join(f"{column} = ${i + 1}" for i, column in enumerate(columns))
+    return f"UPDATE {table} SET {sets} WHERE {key} = ${len(columns) + 1}"
 
 
 _CONNECTION_ERRORS = (

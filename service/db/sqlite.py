@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from service.db.plan import Execute, Fetch, Plan
+from service.db.plan import Execute, Fetch, Plan, UpdateMany
 from service.db.url import Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
@@ -83,12 +83,27 @@ def run_plan(db: sqlite3.Connection, plan: Plan[T]) -> T:
                     result = db.execute(statement.sql, statement.params).fetchall()
             elif isinstance(statement, Execute):
                 result = db.execute(statement.sql, statement.params).rowcount
+            elif isinstance(statement, UpdateMany):
+                if statement.rows:
+                    db.execute(*_update_from_values(statement))
+                result = None
             else:
                 if statement.rows:
                     db.executemany(statement.sql, statement.rows)
                 result = None
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def _update_from_values(statement: UpdateMany) -> tuple[str, list[Any]]:
+    # A VALUES list's columns are column1, column2, ...: the key first, then the columns.
+    sets = ", ".join(f"{column} = v.column{i + 2}" for i, column in enumerate(statement.columns))
+    marks = "(" + ", ".join("?" * (len(statement.columns) + 1)) + ")"
+    sql = (
+        f"UPDATE {statement.table} SET {sets} FROM (VALUES {', '.join([marks] * len(statement.rows))}) AS v"
+        f" WHERE {statement.table}.{statement.key} = v.column1"
+    )
+    return sql, [value for row in statement.rows for value in row]
 
 
 # Replaced or deleted ciphertext lingers in WAL frames until a checkpoint truncates them away. A

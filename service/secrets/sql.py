@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.db.plan import Execute, ExecuteMany, Fetch
+from service.db.plan import Execute, ExecuteMany, Fetch, UpdateMany
 from service.secrets.model import SECRET_COLUMNS, IdempotencyClaim, SecretRecord
 
 # Secrets
@@ -61,6 +61,45 @@ def lock_secret(project_id: str, secret_id: str) -> Fetch:
         f"SELECT {LOCKED_COLUMNS} FROM secrets WHERE id = ? AND project_id = ?",
         (secret_id, project_id),
         for_update=True,
+    )
+
+
+# The columns many rows are locked with (see lock_secrets): no value, all text or integers.
+LOCKED_MANY_COLUMNS = ("id", "project_id", "version", "name", "created_at", "updated_at")
+
+
+def lock_secrets(secret_ids: Sequence[str]) -> Fetch:
+    """The current rows of these secrets (any project's), locked until commit in id order: LOCKED_MANY_COLUMNS."""
+    ids = sorted(secret_ids)
+    return Fetch(
+        f"SELECT {', '.join(LOCKED_MANY_COLUMNS)} FROM secrets WHERE id IN ({', '.join('?' * len(ids))})"
+        " ORDER BY id",
+        ids,
+        for_update=True,
+        packed=LOCKED_MANY_COLUMNS,
+    )
+
+
+def keep_current_versions(secret_ids: Sequence[str]) -> Execute:
+    """Keep the current values of these secrets as previous versions, copied inside the database."""
+    return Execute(
+        "INSERT INTO secret_versions (secret_id, version, sealed_value, key_id, created_at)"
+        f" SELECT id, version, sealed_value, key_id, updated_at FROM secrets WHERE id IN ({', '.join('?' * len(secret_ids))})",
+        list(secret_ids),
+    )
+
+
+def set_values(rows: Sequence[tuple[str, bytes, str, int, str]]) -> UpdateMany:
+    """New current values: rows of (id, sealed_value, key_id, version, updated_at), one per secret."""
+    return UpdateMany("secrets", "id", ("sealed_value", "key_id", "version", "updated_at"), rows)
+
+
+def prune_kept_versions(secret_ids: Sequence[str], kept: int) -> Execute:
+    """Forget the previous versions of these secrets beyond the last `kept` (their sealed values are scrubbed)."""
+    return Execute(
+        f"DELETE FROM secret_versions WHERE secret_id IN ({', '.join('?' * len(secret_ids))}) AND version <="
+        " (SELECT s.version FROM secrets AS s WHERE s.id = secret_versions.secret_id) - ?",
+        [*secret_ids, kept],
     )
 
 

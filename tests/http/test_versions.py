@@ -126,6 +126,38 @@ async def test_versions_past_the_kept_number_are_gone_and_scrubbed(
         await traceless(tmp_path, first_sealed[-48:])
 
 
+async def test_concurrent_updates_of_many_secrets_each_keep_their_own_versions(
+    kept_client: httpx.AsyncClient, kept_settings: Settings
+) -> None:
+    """Updates that share commits (the committer plans distinct secrets together) stay each its own."""
+    from tests.support.app import make_project
+
+    project = await make_project(kept_settings, "p")
+    secrets = [await created(kept_client, project, f"MANY_{i}", "v1") for i in range(12)]
+    ids = [secret["id"] for secret in secrets]
+    guarded = await created(kept_client, project, "GUARDED", "v1")
+    assert (await put(kept_client, project, guarded["id"], "v2")).status_code == 200
+    for version in range(2, 7):
+        answers = await asyncio.gather(
+            *(put(kept_client, project, i, f"{i}-v{version}") for i in ids),
+            put(kept_client, project, guarded["id"], "stale", **{"If-Match": '"1"'}),
+            put(kept_client, project, "0190f0f0-0000-7000-8000-000000000000", "nobody's"),
+        )
+        assert [a.status_code for a in answers] == [200] * len(ids) + [412, 404]
+        assert {a.json()["version"] for a in answers[: len(ids)]} == {version}
+
+    for i in ids:
+        versions = (await kept_client.get(f"/api/secrets/{i}/versions", headers=auth(project))).json()
+        assert [v["version"] for v in versions] == [6, 5, 4]
+        for version in (4, 5, 6):
+            assert (await value_of(kept_client, project, i, version)).json()["value"] == f"{i}-v{version}"
+        assert (await value_of(kept_client, project, i, 3)).status_code == 410
+        assert [(t, e["version"]) for t, e in await changes(kept_settings, i)] == [
+            ("secret.created", 1),
+            *(("secret.updated", v) for v in range(2, 7)),
+        ]
+
+
 async def test_delete_forgets_every_version(
     client: httpx.AsyncClient, settings: Settings, project: dict[str, str]
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.crypto import Binding, DecryptionError, Keyring, generate_master_key_entry, unseal
-from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, batch_plan
+from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, UpdateMany, batch_plan
 from service.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
 from service.secrets.model import Created, IdempotencyClaim, IfMatch, SecretRecord, secret_event
 from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, UpdateSecret
@@ -93,7 +93,7 @@ def new_create(
 
 
 def statements_like(statements: Sequence[Statement], prefix: str) -> list[Statement]:
-    return [s for s in statements if s.sql.startswith(prefix)]
+    return [s for s in statements if not isinstance(s, UpdateMany) and s.sql.startswith(prefix)]
 
 
 def test_two_creates_of_one_name_in_a_batch_give_one_secret_and_one_conflict() -> None:
@@ -165,37 +165,69 @@ KEYRING = Keyring.parse(generate_master_key_entry("k1"))
 RECORD = SecretRecord("s1", "p1", "NAME", "k1", AT, AT, 1)
 
 
-class OneSecret:
-    """Answers the update and delete plans as a database holding one secret (at `version`)."""
+class CannedSecrets:
+    """Answers the update and delete plans as a database holding secrets of project p1 at `versions`."""
 
-    def __init__(self, version: int = 1) -> None:
-        self.version: int | None = version
-        self.kept: list[int] = []
-        self.pruned_below = 0
+    def __init__(self, versions: dict[str, int]) -> None:
+        self.versions: dict[str, int] = dict(versions)
+        self.kept: list[tuple[str, int]] = []
+        self.pruned_below: dict[str, int] = {}
 
     def __call__(self, statement: Statement) -> Any:
-        sql = statement.sql
-        if sql.startswith("SELECT version, sealed_value"):
-            assert isinstance(statement, Fetch) and statement.for_update, (
-                "the row is locked before it changes"
-            )
-            if self.version is None:
-                return []
-            return [(self.version, b"sealed", "k1", "NAME", AT, AT)]
+        sql = statement.sql if not isinstance(statement, UpdateMany) else ""
+        if isinstance(statement, UpdateMany):
+            assert statement.table == "secrets" and statement.key == "id"
+            assert len({row[0] for row in statement.rows}) == len(statement.rows), "one row per secret"
+            for row in statement.rows:
+                self.versions[row[0]] = row[statement.columns.index("version") + 1]
+            return None
+        if sql.startswith("SELECT version, sealed_value") or sql.startswith("SELECT id, project_id, version"):
+            assert isinstance(statement, Fetch) and statement.for_update, "rows are locked before they change"
+            if sql.startswith("SELECT version"):
+                secret_id = statement.params[0]
+                if secret_id not in self.versions:
+                    return []
+                return [(self.versions[secret_id], b"sealed", "k1", "NAME", AT, AT)]
+            return [
+                (i, "p1", self.versions[i], f"NAME_{i}", AT, AT)
+                for i in statement.params
+                if i in self.versions
+            ]
         if sql.startswith("INSERT INTO secret_versions"):
-            self.kept.append(statement.params[1])  # type: ignore[index]
+            if "SELECT" in sql:
+                self.kept += [(i, self.versions[i]) for i in statement.params]
+            else:
+                self.kept.append((statement.params[0], statement.params[1]))  # type: ignore[index]
         elif sql.startswith("UPDATE secrets SET sealed_value"):
-            self.version = statement.params[2]  # type: ignore[index]
+            self.versions[statement.params[4]] = statement.params[2]  # type: ignore[index]
         elif sql.startswith("DELETE FROM secret_versions WHERE secret_id = ? AND version <"):
-            self.pruned_below = statement.params[1]  # type: ignore[index]
+            self.pruned_below[statement.params[0]] = statement.params[1]  # type: ignore[index]
+        elif sql.startswith("DELETE FROM secret_versions WHERE secret_id IN"):
+            *ids, kept = statement.params
+            for i in ids:
+                self.pruned_below[i] = self.versions[i] - kept + 1
         elif sql.startswith("DELETE FROM secrets"):
-            self.version = None
+            del self.versions[statement.params[0]]  # type: ignore[index]
         return 1
 
 
-def update_job(if_match: IfMatch | None = None, kept: int = 10) -> UpdateSecret:
+def OneSecret(version: int = 1) -> CannedSecrets:
+    return CannedSecrets({"s1": version})
+
+
+def update_job(
+    if_match: IfMatch | None = None, kept: int = 10, secret_id: str = "s1", project_id: str = "p1"
+) -> UpdateSecret:
     return UpdateSecret(
-        "p1", "s1", "new value", KEYRING, "2030-01-01T00:00:01.000Z", "key-1", "r1", kept, if_match
+        project_id,
+        secret_id,
+        f"new value of {secret_id}",
+        KEYRING,
+        "2030-01-01T00:00:01.000Z",
+        "key-1",
+        "r1",
+        kept,
+        if_match,
     )
 
 
@@ -204,7 +236,8 @@ def delete_job(if_match: IfMatch | None = None) -> DeleteSecret:
 
 
 def event_types(statements: Sequence[Statement]) -> list[str]:
-    return [s.params[1] for s in statements if s.sql.startswith("INSERT INTO outbox")]  # type: ignore[index]
+    """The types of the events the statements insert (five columns a row)."""
+    return [t for s in statements_like(statements, "INSERT INTO outbox") for t in s.params[1::5]]  # type: ignore[union-attr,index]
 
 
 def test_updates_of_one_secret_in_a_batch_make_consecutive_versions_each_sealed_for_its_own() -> None:
@@ -213,9 +246,9 @@ def test_updates_of_one_secret_in_a_batch_make_consecutive_versions_each_sealed_
     outcomes, statements = run(batch_plan([update_job(), update_job()]), database)
 
     assert [o.version for o in outcomes] == [4, 5]
-    assert database.kept == [3, 4], "each replaced version is kept"
-    sealed = [s.params[0] for s in statements if s.sql.startswith("UPDATE secrets SET sealed_value")]  # type: ignore[index]
-    assert unseal(KEYRING, sealed[0], Binding("p1", "s1", "NAME", 4)) == "new value"
+    assert database.kept == [("s1", 3), ("s1", 4)], "each replaced version is kept"
+    sealed = [s.params[0] for s in statements_like(statements, "UPDATE secrets SET sealed_value")]  # type: ignore[union-attr,index]
+    assert unseal(KEYRING, sealed[0], Binding("p1", "s1", "NAME", 4)) == "new value of s1"
     with pytest.raises(DecryptionError):
         unseal(KEYRING, sealed[0], Binding("p1", "s1", "NAME", 5))
     assert event_types(statements) == ["secret.updated", "secret.updated"]
@@ -226,8 +259,8 @@ def test_versions_past_the_kept_number_are_pruned() -> None:
 
     run(UpdateSecret.plan_batch([update_job(kept=3)]), database)
 
-    assert database.version == 8
-    assert database.pruned_below == 6, "versions 6, 7 and 8 are kept"
+    assert database.versions["s1"] == 8
+    assert database.pruned_below == {"s1": 6}, "versions 6, 7 and 8 are kept"
 
 
 def test_if_match_lets_one_of_two_updates_naming_one_version_through() -> None:
@@ -270,5 +303,33 @@ def test_a_delete_naming_a_stale_version_changes_nothing() -> None:
     outcomes, statements = run(DeleteSecret.plan_batch([delete_job(IfMatch(frozenset({3})))]), database)
 
     assert isinstance(outcomes[0], PreconditionFailed)
-    assert database.version == 4
+    assert database.versions["s1"] == 4
     assert event_types(statements) == []
+
+
+def test_updates_of_many_secrets_in_a_batch_take_five_statements_and_answer_each_alone() -> None:
+    database = CannedSecrets({"s1": 1, "s2": 4, "s3": 9})
+    jobs = [
+        update_job(secret_id="s1"),
+        update_job(secret_id="missing"),
+        update_job(IfMatch(frozenset({3})), secret_id="s2"),
+        update_job(secret_id="s3", kept=10),
+        update_job(secret_id="s4", project_id="another project"),
+    ]
+
+    outcomes, statements = run(UpdateSecret.plan_batch(jobs), database)
+
+    assert outcomes[0].version == 2 and outcomes[3].version == 10
+    assert isinstance(outcomes[1], NotFound) and isinstance(outcomes[4], NotFound)
+    assert isinstance(outcomes[2], PreconditionFailed) and outcomes[2].headers == {"ETag": '"4"'}
+    assert len(statements) == 5
+    assert database.versions == {"s1": 2, "s2": 4, "s3": 10}
+    assert database.kept == [("s1", 1), ("s3", 9)]
+    assert database.pruned_below == {"s1": -7, "s3": 1}
+    (values,) = [s for s in statements if isinstance(s, UpdateMany)]
+    for secret_id, sealed, _, version, _ in values.rows:
+        binding = Binding("p1", secret_id, f"NAME_{secret_id}", version)
+        assert unseal(KEYRING, sealed, binding) == f"new value of {secret_id}"
+    (events,) = statements_like(statements, "INSERT INTO outbox")
+    assert events.params[1::5] == ["secret.updated", "secret.updated"]  # type: ignore[union-attr,index]
+    assert events.params[2::5] == ["s1", "s3"], "subjects"  # type: ignore[union-attr,index]
