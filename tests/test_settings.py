@@ -18,7 +18,7 @@ import pytest
 from service import cli
 from service.crypto import Binding, Keyring, generate_master_key_entry, seal, unseal
 from service.settings import ConfigurationError, Secret, Settings
-from tests.support.cli import setting_variables
+from tests.support.cli import run_cli, setting_variables
 from tests.support.paths import ROOT
 
 HASH_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -104,15 +104,7 @@ def test_keys_generate_output_is_accepted_by_the_service() -> None:
 
 
 def test_serve_with_bad_configuration_exits_naming_the_setting() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRETS_MASTER_KEYS", "API_KEY_HASH_KEY")}
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_cli("serve", "--port", "1", env={}, timeout=60)
     assert result.returncode == 2
     assert "SECRETS_MASTER_KEYS is required" in result.stderr
 

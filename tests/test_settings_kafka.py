@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from service.crypto import generate_master_key_entry
 from service.settings import ConfigurationError, Settings
 from tests.support.certificates import Issued, issue, make_ca
+from tests.support.cli import run_cli
 from tests.support.leaks import leaked
 from tests.support.paths import ROOT
 
@@ -166,17 +165,10 @@ def test_the_password_can_come_from_a_file(pki: dict[str, Issued], tmp_path: Pat
 
 
 def test_serve_refuses_to_start_without_the_password(pki: dict[str, Issued]) -> None:
-    env = without({**os.environ, **sasl_ssl(pki)}, "KAFKA_SASL_PASSWORD")
+    env = without(sasl_ssl(pki), "KAFKA_SASL_PASSWORD")
     env["SECRETS_MASTER_KEYS"] = generate_master_key_entry("k1")
     env["API_KEY_HASH_KEY"] = base64.b64encode(os.urandom(32)).decode()
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_cli("serve", "--port", "1", env=env, timeout=60)
     assert result.returncode == 2
     assert "KAFKA_SASL_PASSWORD is required when KAFKA_SECURITY_PROTOCOL is SASL_SSL" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from service.db.plan import Execute, Fetch
 
 
@@ -38,9 +40,11 @@ def revoke_api_key(key_id: str, revoked_at: str) -> Fetch:
     )
 
 
-def find_active_api_key(key_hash: str) -> Fetch:
-    """(id, project_id, key_hash, scopes) of the unrevoked key with this hash, if any."""
+def find_active_api_keys(key_hashes: Sequence[str]) -> Fetch:
+    """(id, project_id, key_hash, scopes) of the unrevoked keys among these hashes."""
     return Fetch(
-        "SELECT id, project_id, key_hash, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-        (key_hash,),
+        "SELECT id, project_id, key_hash, scopes FROM api_keys"
+        f" WHERE key_hash IN ({', '.join('?' * len(key_hashes))}) AND revoked_at IS NULL",
+        list(key_hashes),
+        packed=("id", "project_id", "key_hash", "scopes"),
     )

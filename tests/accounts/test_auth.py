@@ -41,7 +41,7 @@ class HeldStore:
         await self.release.wait()
         if self.fail is not None:
             raise self.fail
-        return [row for row in self.rows if row[2] == statement.params[0]]
+        return [row for row in self.rows if row[2] in statement.params]
 
 
 @pytest.fixture
@@ -123,3 +123,43 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_lookup(clock: 
     store.release.set()
     assert (await staying).project_id == "project-1"
     assert store.lookups == 1
+
+
+async def test_one_refresh_looks_up_every_key_due_and_drops_the_revoked(clock: FakeClock) -> None:
+    store = HeldStore()
+    tokens = [f"sk-lw-{i:048d}" for i in range(300)]
+    store.rows = [
+        (f"key-{i}", "project-1", hash_api_key(HASH_KEY, token), "secrets:view")
+        for i, token in enumerate(tokens)
+    ]
+    store.release.set()
+    authenticator = Authenticator(store, HASH_KEY, cache_seconds=1.0, clock=clock)
+    for token in tokens:
+        await authenticator.authenticate(token)
+    assert store.lookups == 300, "a key never seen is looked up alone"
+    store.rows.pop()  # the last key is revoked
+
+    clock.seconds += 0.85  # every entry inside its last fifth
+    await authenticator.authenticate(tokens[0])
+    assert store.lookups == 301, "one statement refreshed all 300"
+    clock.seconds += 0.5  # past the old entries' expiry: the refreshed ones answer, the revoked one does not
+    principals = [await authenticator.authenticate(token) for token in tokens[:-1]]
+    assert [p.api_key_id for p in principals] == [f"key-{i}" for i in range(299)]
+    assert store.lookups == 301
+    with pytest.raises(Unauthorized):
+        await authenticator.authenticate(tokens[-1])
+
+
+async def test_a_refresh_the_database_fails_leaves_live_entries_answering(clock: FakeClock) -> None:
+    store = HeldStore()
+    store.release.set()
+    authenticator = Authenticator(store, HASH_KEY, cache_seconds=1.0, clock=clock)
+    await authenticator.authenticate(TOKEN)
+    store.fail = ServiceUnavailable("The database is unavailable; retry shortly")
+
+    clock.seconds += 0.9
+    assert (await authenticator.authenticate(TOKEN)).api_key_id == "key-1"
+    assert store.lookups == 2
+    clock.seconds += 0.2  # expired, and the database still down: the caller hears of it
+    with pytest.raises(ServiceUnavailable):
+        await authenticator.authenticate(TOKEN)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from service.db.dialect import open_database
 from service.db.plan import Fetch, single
 from service.db.url import DatabaseTLSError, DatabaseURL
 from tests.support.app import make_env
+from tests.support.cli import run_cli
 from tests.support.database import fresh_postgres_database
 from tests.support.leaks import leaked
 from tests.support.paths import ROOT
@@ -124,15 +124,7 @@ async def test_a_ca_that_does_not_vouch_for_the_server_is_refused(tls_server: st
 def test_the_commands_refuse_to_start_with_one_clear_line(
     tls_server: str, tmp_path: Path, command: list[str], ca_name: str, expected: str
 ) -> None:
-    env = {**os.environ, **make_env(with_ca(tls_server, ca_name))}
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    done = run_cli(*command, env=make_env(with_ca(tls_server, ca_name)), cwd=tmp_path, timeout=60)
     assert done.returncode == 1
     assert expected in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
