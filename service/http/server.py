@@ -51,7 +51,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         self.reading_head = True
         self.head_bytes = 0
-        self.deadline: Any = None
+        # The deadline is a time and a name; one timer per connection checks it when due, and is
+        # only replaced when a deadline comes sooner than it (a timer per request each way cost more).
+        self.deadline: float | None = None
+        self.awaited = "head"
+        self.timer: Any = None
+        self.timer_at = 0.0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -59,6 +64,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -90,13 +98,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.reading_head = True
 
     def arm(self, seconds: float, what: str) -> None:
-        self.disarm()
-        self.deadline = self.loop.call_later(seconds, self.expire, what)
+        self.deadline = self.loop.time() + seconds
+        self.awaited = what
+        if self.timer is None or self.timer_at > self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self.check_deadline)
 
     def disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.deadline = None
+
+    def check_deadline(self) -> None:
+        self.timer = None
+        if self.deadline is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self.check_deadline)
+            return
+        self.expire(self.awaited)
 
     def expire(self, what: str) -> None:
         self.deadline = None
