@@ -141,6 +141,15 @@ def current_value_by_name(project_id: str, name: str) -> Fetch:
     )
 
 
+def current_values_by_names(pairs: Sequence[tuple[str, str]]) -> Fetch:
+    """The current values of secrets named by (project_id, name): project_id, then the value columns."""
+    return Fetch(
+        "SELECT project_id, id, name, version, sealed_value, updated_at FROM secrets WHERE "
+        + " OR ".join(["(project_id = ? AND name = ?)"] * len(pairs)),
+        [value for pair in pairs for value in pair],
+    )
+
+
 def current_value_by_id(project_id: str, secret_id: str) -> Fetch:
     return Fetch(
         "SELECT id, name, version, sealed_value, updated_at FROM secrets WHERE id = ? AND project_id = ?",

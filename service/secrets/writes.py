@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from service.clock import later_than_text
 from service.crypto import Binding, DecryptionError, Keyring, seal, unseal
@@ -368,10 +368,22 @@ class ReadValue:
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[ReadValue]) -> Plan[Sequence[SecretValue | Unreadable | ServiceError]]:
+        """The reads of current values by name in one statement (the common read: a consumer's,
+        by the name it knows); any other read alone. Then every event in one insert."""
+        by_name = [job.name is not None and job.version is None for job in jobs]
+        current: dict[tuple[str, str], Sequence[Any]] | None = None
+        if sum(by_name) > 1:
+            pairs = sorted({(job.project_id, job.name) for job, named in zip(jobs, by_name, strict=True) if named and job.name})
+            current = {(row[0], row[2]): row for row in (yield sql.current_values_by_names(pairs))}
         outcomes: list[SecretValue | Unreadable | ServiceError] = []
         events: list[OutboxEvent] = []
-        for job in jobs:
-            outcome = yield from job._plan()
+        for job, named in zip(jobs, by_name, strict=True):
+            outcome: SecretValue | Unreadable | ServiceError
+            if current is not None and named:
+                row = current.get((job.project_id, job.name or ""))
+                outcome = job._open_current(row[1:]) if row is not None else _no_such_secret()
+            else:
+                outcome = yield from job._plan()
             if isinstance(outcome, SecretValue):
                 events.append(
                     accessed_event(
@@ -396,17 +408,31 @@ class ReadValue:
             assert self.secret_id is not None
             rows = yield sql.current_value_by_id(self.project_id, self.secret_id)
         if not rows:
-            return SecretNotFound("No such secret in this project")
+            return _no_such_secret()
+        if self.version is None:
+            return self._open_current(rows[0])
         secret_id, name, current, sealed, updated_at = rows[0]
-        version = current if self.version is None else self.version
+        version = self.version
         if version != current:
             previous = (yield sql.previous_value(secret_id, version)) if 1 <= version < current else []
             if not previous:
                 missing = _missing_version(version, current)
                 return SecretNotFound(missing.message) if isinstance(missing, NotFound) else missing
             sealed, updated_at = previous[0]
+        return self._open(secret_id, name, version, sealed, updated_at)
+
+    def _open_current(self, row: Sequence[Any]) -> SecretValue | Unreadable:
+        """The current value from a row of (id, name, version, sealed_value, updated_at)."""
+        secret_id, name, version, sealed, updated_at = row
+        return self._open(secret_id, name, version, sealed, updated_at)
+
+    def _open(self, secret_id: str, name: str, version: int, sealed: bytes, updated_at: str) -> SecretValue | Unreadable:
         try:
             value = unseal(self.keyring, bytes(sealed), Binding(self.project_id, secret_id, name, version))
         except DecryptionError as exc:
             return Unreadable(secret_id, version, str(exc))
         return SecretValue(secret_id, name, value, version, updated_at)
+
+
+def _no_such_secret() -> SecretNotFound:
+    return SecretNotFound("No such secret in this project")

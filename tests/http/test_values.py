@@ -88,6 +88,31 @@ async def test_every_answered_read_has_exactly_one_audit_event_naming_who_and_wh
     assert not leaked(CANARY, *(row[0] for row in rows)), "an event carries the value"
 
 
+async def test_concurrent_reads_by_name_each_get_their_own_projects_value(
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str], other_project: dict[str, str]
+) -> None:
+    """Reads by name share a statement when they share a commit: names alike across projects stay apart."""
+    ours = {n: await created(client, project, f"SHARED_{n}", f"ours-{n}") for n in range(5)}
+    theirs = {n: await created(client, other_project, f"SHARED_{n}", f"theirs-{n}") for n in range(5)}
+    asks = [(who, n) for n in [*range(5), 7] for who in (project, other_project)] * 3
+
+    reads = await asyncio.gather(
+        *(client.get(f"/api/secrets/by-name/SHARED_{n}/value", headers=auth(who)) for who, n in asks)
+    )
+
+    for (who, n), read in zip(asks, reads, strict=True):
+        if n == 7:
+            assert read.status_code == 404 and read.json()["error"] == "secret_not_found"
+            continue
+        mine = "ours" if who is project else "theirs"
+        assert read.status_code == 200
+        assert read.json()["value"] == f"{mine}-{n}"
+        assert read.json()["id"] == (ours if who is project else theirs)[n]["id"]
+    for n in range(5):
+        for secret in (ours[n], theirs[n]):
+            assert len(await accessed_events(settings, secret["id"])) == 3
+
+
 async def test_unknown_names_and_ids_are_langwatchs_404(
     client: httpx.AsyncClient, project: dict[str, str]
 ) -> None:

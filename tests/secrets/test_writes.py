@@ -17,7 +17,7 @@ from service.crypto import Binding, DecryptionError, Keyring, generate_master_ke
 from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, UpdateMany, batch_plan
 from service.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
 from service.secrets.model import Created, IdempotencyClaim, IfMatch, SecretRecord, secret_event
-from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, UpdateSecret
+from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, ReadValue, UpdateSecret
 
 AT = "2030-01-01T00:00:00.000Z"
 QUOTA = 10
@@ -333,3 +333,34 @@ def test_updates_of_many_secrets_in_a_batch_take_five_statements_and_answer_each
     (events,) = statements_like(statements, "INSERT INTO outbox")
     assert events.params[1::5] == ["secret.updated", "secret.updated"]  # type: ignore[union-attr,index]
     assert events.params[2::5] == ["s1", "s3"], "subjects"  # type: ignore[union-attr,index]
+
+
+def test_reads_by_name_in_a_batch_take_one_statement_and_only_answered_reads_are_audited() -> None:
+    from service.crypto import seal
+    from service.errors import SecretNotFound
+    from service.secrets.model import SecretValue
+
+    def sealed(secret_id: str, name: str, value: str) -> bytes:
+        return seal(KEYRING, value, Binding("p1", secret_id, name, 2))
+
+    stored = {("p1", "A"): ("p1", "sa", "A", 2, sealed("sa", "A", "value a"), AT)}
+
+    def answer(statement: Statement) -> Any:
+        assert not isinstance(statement, UpdateMany)
+        if statement.sql.startswith("SELECT project_id, id, name"):
+            params = list(statement.params)
+            return [stored[pair] for pair in zip(params[::2], params[1::2], strict=True) if pair in stored]
+        if statement.sql.startswith("SELECT id, name, version"):  # by id
+            return [stored[("p1", "A")][1:]]
+        return 1
+
+    def read(name: str | None = None, secret_id: str | None = None) -> ReadValue:
+        return ReadValue("p1", KEYRING, AT, "key-1", f"r-{name}-{secret_id}", name=name, secret_id=secret_id)
+
+    jobs = [read("A"), read("MISSING"), read(secret_id="sa"), read("A")]
+    outcomes, statements = run(ReadValue.plan_batch(jobs), answer)
+
+    assert [type(o) for o in outcomes] == [SecretValue, SecretNotFound, SecretValue, SecretValue]
+    assert {o.value for o in outcomes if isinstance(o, SecretValue)} == {"value a"}
+    assert len(statements_like(statements, "SELECT project_id, id, name")) == 1
+    assert event_types(statements) == ["secret.accessed"] * 3
