@@ -187,8 +187,25 @@ def generate_api_key() -> str:
 
 def hash_api_key(hash_key: bytes, api_key: str) -> str:
     """The keyed hash stored in place of the key."""
-    # The one-shot C HMAC: a third of hmac.new(...).hexdigest()'s cost, and it runs on every request.
     return hmac.digest(hash_key, api_key.encode(), "sha256").hex()
+
+
+class ApiKeyHasher:
+    """hash_api_key under one hash key, for every request: the HMAC keyed once and copied per key
+    (a copy costs under half a one-shot HMAC, which sets up the key and the digest each time)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, hash_key: bytes) -> None:
+        self._keyed = hmac.new(hash_key, digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:
+        return "ApiKeyHasher()"
+
+    def __call__(self, api_key: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(api_key.encode())
+        return mac.hexdigest()
 
 
 def derive_key(key: bytes, purpose: str) -> bytes:

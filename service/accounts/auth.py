@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from service.accounts import sql
 from service.accounts.model import Principal, parse_scopes
 from service.clock import Clock
-from service.crypto import API_KEY_PREFIX, hash_api_key
+from service.crypto import API_KEY_PREFIX, ApiKeyHasher
 from service.db.store import Store
 from service.errors import Unauthorized
 
@@ -47,7 +47,7 @@ class Authenticator:
 
     def __init__(self, store: Store, hash_key: bytes, cache_seconds: float, clock: Clock) -> None:
         self._store = store
-        self._hash_key = hash_key
+        self._hash = ApiKeyHasher(hash_key)
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
@@ -58,7 +58,7 @@ class Authenticator:
         token = well_formed(token)
         if token is None:
             raise Unauthorized()
-        key_hash = hash_api_key(self._hash_key, token)
+        key_hash = self._hash(token)
         cached = self._cache.get(key_hash)
         now = self._clock.monotonic()
         if cached is not None and now < cached.expires_at:

@@ -29,13 +29,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("Request body is not valid UTF-8") from None
     try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            parse_int=_int,
-        )
+        data = _DECODER.decode(text)
     except _DuplicateKey:
         raise BadRequest("Request body repeats a key") from None
     except _NumberOutOfRange:
@@ -151,3 +145,12 @@ def _int(text: str) -> int:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.loads with hooks builds a decoder per call, a third of the parse's cost.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+    parse_int=_int,
+)
