@@ -41,15 +41,12 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def uuid7() -> str:
     """Time-ordered (RFC 9562 version 7): inserts land at the end of the primary-key index."""
-    return _format((time.time_ns() // 1_000_000) << 80 | int.from_bytes(random_bytes(10), "big"), 7)
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + random_bytes(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)  # version 7
+    raw[8] = 0x80 | (raw[8] & 0x3F)  # variant 10
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def request_id() -> str:
     return random_bytes(16).hex()
-
-
-def _format(value: int, version: int) -> str:
-    value = (value & ~(0xF << 76)) | (version << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
