@@ -187,12 +187,12 @@ def generate_api_key() -> str:
 
 def hash_api_key(hash_key: bytes, api_key: str) -> str:
     """The keyed hash stored in place of the key."""
-    return hmac.digest(hash_key, api_key.encode(), "sha256").hex()
+    return ApiKeyHasher(hash_key)(api_key)
 
 
 class ApiKeyHasher:
-    """hash_api_key under one hash key, for every request: the HMAC keyed once and copied per key
-    (a copy costs under half a one-shot HMAC, which sets up the key and the digest each time)."""
+    """The keyed hash of API keys under one hash key, for every request: the HMAC keyed once and
+    copied per key (a copy costs under half a one-shot HMAC, which sets up the key and the digest)."""
 
     __slots__ = ("_keyed",)
 
