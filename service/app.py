@@ -14,9 +14,8 @@ from typing import Any, TypedDict
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.routing import Router
+from starlette.types import ASGIApp
 
 from service import metrics
 from service.accounts.auth import Authenticator
@@ -26,11 +25,10 @@ from service.db.dialect import open_database
 from service.db.lease import lease
 from service.db.migrations import MIGRATIONS, migrate, schema_version
 from service.db.store import Database, Store
-from service.errors import ServiceError, ServiceUnavailable, StorageFull
+from service.errors import ServiceUnavailable, StorageFull
 from service.events.publisher import KafkaPublisher, Publisher
 from service.events.relay import RELAY_LOCK, OutboxRelay
 from service.events.relay_process import RelayProcess
-from service.http import responses
 from service.http.asyncapi import asyncapi_document
 from service.http.limits import Limit, RateLimiter
 from service.http.middleware import EdgeMiddleware
@@ -144,7 +142,7 @@ def create_app(
     publisher: Publisher | None = None,
     lifecycle: Lifecycle | None = None,
     relay_command: Sequence[str] | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The service. `clock` and `publisher` replace the system clock and Kafka (tests use them);
     `lifecycle` is the server's, which says when the process drains."""
     clock = clock or SystemClock()
@@ -154,7 +152,7 @@ def create_app(
     url = settings.database
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+    async def lifespan(app: ASGIApp) -> AsyncIterator[State]:
         # Each resource's stop is pushed as it starts; they run in reverse on the way out. On
         # shutdown requests have drained: the relay gets its bounded flush, then queued writes commit.
         async with contextlib.AsyncExitStack() as resources:
@@ -204,17 +202,15 @@ def create_app(
                 "asyncapi": asyncapi_document(settings.kafka_topic, settings.event_source),
             }
 
-    app = Starlette(
+    router = Router(
         # /metrics on the service's port, unless it has a port of its own (served by the lifespan).
         routes=routes if settings.metrics_port is not None else [*routes, METRICS_ROUTE],
-        middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
-        exception_handlers={ServiceError: responses.service_error, HTTPException: responses.http_error},
+        # No redirect for a trailing slash: Starlette builds its Location from the Host header, so a
+        # client that follows redirects would take its API key and value to any host named there.
+        redirect_slashes=False,
         lifespan=lifespan,
     )
-    # No redirect for a trailing slash: Starlette builds its Location from the Host header, so a
-    # client that follows redirects would take its API key and value to any host named there.
-    app.router.redirect_slashes = False
-    return app
+    return EdgeMiddleware(router, max_body_bytes=settings.max_body_bytes)
 
 
 def _stop_metrics_server(server: WSGIServer, thread: threading.Thread) -> None:

@@ -1,8 +1,10 @@
-"""The one plain-ASGI layer every request passes first.
+"""The one plain-ASGI layer in front of the router, and the only one.
 
-It gives the request an id, caps its body, and turns anything unhandled into the
-generic 500. One layer rather than three: each ASGI wrapper costs calls on every
-message of every request, and this path is the service's hottest.
+It gives the request an id, caps its body, answers every error in the one shape (a
+ServiceError as itself, the router's 404 and 405 as theirs, anything else as the
+generic 500) and counts the request. One layer, in place of Starlette's application
+with its two exception middlewares: each ASGI wrapper costs calls on every message of
+every request, and this path is the service's hottest.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ids, logs, metrics
 from service.errors import PayloadTooLarge
-from service.http.responses import error_response
+from service.http.responses import answer_for, error_response
 
 logger = logging.getLogger("service.errors")
 
@@ -26,7 +28,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class EdgeMiddleware:
-    """Request id (X-Request-ID, echoed), body limit (413) and last-resort 500 for HTTP requests.
+    """Request id (X-Request-ID, echoed), body limit (413), error answers and request metrics.
 
     The 500 path logs the exception's type and stack frames, not its text, which can
     quote driver messages or data; it is not re-raised, as the server would log it whole.
@@ -37,6 +39,9 @@ class EdgeMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # With an app in the scope, Starlette's router raises HTTPException for a 404 or 405 (answered
+        # below in the one error shape) where it would otherwise answer in plain text.
+        scope["app"] = self
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -88,12 +93,16 @@ class EdgeMiddleware:
             status = 499
             logger.info("client disconnected during %s %r", scope["method"], scope["path"])
         except Exception as exc:
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            logger.error(
-                "unhandled %s on %s %r\n%s", type(exc).__name__, scope["method"], scope["path"], frames
-            )
+            response = answer_for(exc)
+            if response is None or started:
+                frames = "".join(traceback.format_tb(exc.__traceback__))
+                logger.error(
+                    "unhandled %s on %s %r\n%s", type(exc).__name__, scope["method"], scope["path"], frames
+                )
             if not started:
-                response = error_response(500, "Internal Server Error", "An unexpected error occurred")
+                response = response or error_response(
+                    500, "Internal Server Error", "An unexpected error occurred"
+                )
                 await response(scope, receive, edge_send)
         _count(scope, status, started_at)
 

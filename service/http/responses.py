@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
@@ -55,17 +54,15 @@ def error_response(status_code: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code, headers=NO_STORE)
 
 
-async def service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
-    response = error_response(exc.status_code, exc.error, exc.message)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    response = error_response(exc.status_code, _reason(exc.status_code), exc.detail)
+def answer_for(exc: Exception) -> Response | None:
+    """The error answer for a ServiceError (ours) or an HTTPException (the router's 404 and 405), in
+    the one error shape; None for any other exception (a fault: the generic 500)."""
+    if isinstance(exc, ServiceError):
+        response = error_response(exc.status_code, exc.error, exc.message)
+    elif isinstance(exc, HTTPException):
+        response = error_response(exc.status_code, _reason(exc.status_code), exc.detail)
+    else:
+        return None
     if exc.headers:
         response.headers.update(exc.headers)
     return response

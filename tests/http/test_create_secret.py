@@ -202,3 +202,4 @@ async def test_unknown_route_and_method_answer_in_the_error_shape(client: httpx.
     wrong_method = await client.patch("/api/secrets")
     assert wrong_method.status_code == 405
     assert set(wrong_method.json()) == {"error", "message"}
+    assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
