@@ -2,6 +2,7 @@
 """CPU per request of the service's ASGI app and of the bare app, in process: no sockets, no server.
 
     .venv/bin/python bench/app_cpu.py [--route create|read|update] [--requests N] [--concurrency C]
+    .venv/bin/python bench/app_cpu.py --instructions [--route ...]   # machine instructions instead (valgrind)
 
 Each app is called straight through ASGI (scope, receive, send) by C concurrent tasks,
 N requests after N of warm-up, on uvloop; the figure is the process's CPU time (every
@@ -15,6 +16,14 @@ The service runs its real lifespan on a fresh SQLite file (synchronous=NORMAL: a
 costs wall time, not CPU) with its relay on; the relay's publisher drops what it is
 given, so Kafka's client is not counted. One API key, rate limits off, the auth cache at
 its default. `--profile FILE` records the measured requests with py-spy (raw stacks).
+
+`--instructions` counts machine instructions per request instead of CPU time: each app
+runs twice under valgrind's callgrind (INSTRUCTION_RUNS requests, then as many again
+plus INSTRUCTION_EXTRA), and the difference in instructions over the extra requests is
+the figure. It does not move with the machine's load, as CPU time does (by 10-15% here
+between runs minutes apart), so a change of a few percent shows, where CPU-time A/B
+runs cannot see it. It counts work, not cache misses or system-call latency, and takes
+about a minute per app (valgrind runs Python some 50 times slower).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import asyncio
 import base64
 import gc
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +48,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 Call = Callable[[str, str, bytes], Awaitable[tuple[int, bytes]]]
+
+INSTRUCTION_RUNS = 500
+INSTRUCTION_EXTRA = 2000
 
 
 class DroppingPublisher:
@@ -225,6 +238,36 @@ async def bare(route: str, n: int, concurrency: int) -> tuple[float, float]:
         await stop()
 
 
+def instructions(app: str, route: str, concurrency: int) -> float:
+    """Machine instructions per request of one app (callgrind: two runs, the difference per extra request)."""
+
+    def collected(requests: int) -> int:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--app",
+            app,
+            "--route",
+            route,
+            "--requests",
+            str(requests),
+            "--concurrency",
+            str(concurrency),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=os.environ)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            raise SystemExit(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return int(found.group(1))
+
+    # Each run makes its requests twice (warm-up, then measured): the extra requests are twice INSTRUCTION_EXTRA.
+    extra = collected(INSTRUCTION_RUNS + INSTRUCTION_EXTRA) - collected(INSTRUCTION_RUNS)
+    return extra / (2 * INSTRUCTION_EXTRA)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--route", choices=("create", "read", "update"), default="create")
@@ -233,12 +276,33 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="FILE", help="py-spy raw stacks of the service's measured requests"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="machine instructions per request under valgrind, instead of CPU time (needs valgrind)",
+    )
+    parser.add_argument("--app", choices=("service", "bare"), help="measure one app only")
     args = parser.parse_args()
+    if args.instructions:
+        service_ir = instructions("service", args.route, args.concurrency)
+        bare_ir = instructions("bare", args.route, args.concurrency)
+        print(
+            f"{args.route}: service {service_ir:,.0f} instructions/request, bare {bare_ir:,.0f}, "
+            f"service/bare {service_ir / bare_ir:.2f}"
+        )
+        return
     import uvloop
 
     # As `serve` sets them (service/cli.py).
     gc.set_threshold(20_000, 50, 50)
     sys.setswitchinterval(0.0002)
+    if args.app is not None:
+        if args.app == "service":
+            cpu, rate = uvloop.run(service(args.route, args.requests, args.concurrency, args.profile))
+        else:
+            cpu, rate = uvloop.run(bare(args.route, args.requests, args.concurrency))
+        print(f"{args.route}: {args.app} {cpu:.0f} us CPU/request ({rate:,.0f}/s)")
+        return
     service_cpu, service_rate = uvloop.run(service(args.route, args.requests, args.concurrency, args.profile))
     bare_cpu, bare_rate = uvloop.run(bare(args.route, args.requests, args.concurrency))
     print(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from typing import Any
 
@@ -38,6 +39,16 @@ from . import RESULTS, ROOT, log
 from .processes import tail
 from .report import markdown
 from .run import Bench, run_label
+
+
+def _cpus(text: str) -> set[int]:
+    try:
+        cpus = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of CPU numbers: {text!r}") from None
+    if not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"CPUs {sorted(cpus)} are not all available here")
+    return cpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,6 +130,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="wait up to this many seconds for other load on the machine to drop below 0.3 cores",
+    )
+    p.add_argument(
+        "--cpus",
+        type=_cpus,
+        default=None,
+        metavar="LIST",
+        help="pin the service (every replica) and the bare app to these CPUs, e.g. 0 or 0,1 (default: unpinned)",
     )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (database, logs, Kafka data)")
     p.add_argument("--no-results", action="store_true", help="do not write bench/results/")

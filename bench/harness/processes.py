@@ -24,13 +24,22 @@ class Procs:
         self.scripted: list[tuple[str, list[str]]] = []
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path = ROOT
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        logfile: Path,
+        cwd: Path = ROOT,
+        cpus: set[int] | None = None,
     ) -> subprocess.Popen[bytes]:
         out = open(logfile, "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
         )
         out.close()
+        if cpus is not None:
+            # Set before the process starts its threads (it is still starting Python): they inherit it.
+            os.sched_setaffinity(proc.pid, cpus)
         self.popens.append((name, proc))
         return proc
 

@@ -241,6 +241,7 @@ class Bench:
             [sys.executable, str(BENCH / "bare_app.py"), "--host", "127.0.0.1", "--port", str(a.bare_port)],
             os.environ.copy(),
             blog,
+            cpus=a.cpus,
         )
         wait_until(lambda: self._sanity(a.bare_port, "SANITY_BARE") == 201, self.bare, blog, "bare app")
         status = self._sanity(a.service_port, f"SANITY_{self.run_id}")
@@ -386,6 +387,7 @@ class Bench:
                 self._env,
                 slog,
                 self.service_cwd,
+                cpus=self.args.cpus,
             )
             self.services.append(proc)
             self.service_logs.append(slog)
