@@ -181,6 +181,27 @@ def _port(raw: str) -> int:
     return int(port)
 
 
+_CPU_RANGE = re.compile(r"([0-9]{1,4})(?:-([0-9]{1,4}))?")
+
+
+def _cpu_list(raw: str) -> frozenset[int]:
+    """A Linux CPU list, as taskset -c and cpuset take it: 0, 0,2 or 2-3,6, each CPU of this machine."""
+    cpus: set[int] = set()
+    for part in raw.split(","):
+        found = _CPU_RANGE.fullmatch(part.strip())
+        if found is None:
+            raise ValueError("must be a CPU list such as 0, 0,2 or 2-3,6")
+        first = int(found.group(1))
+        last = int(found.group(2) or first)
+        if last < first:
+            raise ValueError("must be a CPU list whose ranges go upwards, such as 2-3")
+        cpus.update(range(first, last + 1))
+    count = os.cpu_count() or 1
+    if max(cpus) >= count:
+        raise ValueError(f"must name CPUs of this machine, 0 to {count - 1}")
+    return frozenset(cpus)
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -236,6 +257,10 @@ class Settings:
     relay_mode: str = _setting("RELAY_MODE", "inprocess", _one_of("inprocess", "separate"))
     # The relay process's /metrics (separate mode, or `secrets-service relay`): unset, none.
     relay_metrics_port: int | None = _setting("RELAY_METRICS_PORT", None, _port)
+    # The CPUs `serve` runs on (with its threads, and a separate relay unless RELAY_CPUS says
+    # otherwise), and those a relay process runs on: unset, wherever the process was started.
+    serve_cpus: frozenset[int] | None = _setting("SERVE_CPUS", None, _cpu_list)
+    relay_cpus: frozenset[int] | None = _setting("RELAY_CPUS", None, _cpu_list)
     # GET /metrics is on the service's port unless METRICS_PORT names a port of its own (then only there).
     metrics_port: int | None = _setting("METRICS_PORT", None, _port)
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", _text)

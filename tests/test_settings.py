@@ -24,6 +24,15 @@ from tests.support.paths import ROOT
 HASH_KEY = base64.b64encode(os.urandom(32)).decode()
 
 
+def test_cpu_lists_are_read_as_taskset_writes_them() -> None:
+    last = (os.cpu_count() or 1) - 1
+    settings = Settings.from_env({"SERVE_CPUS": f"0-{last}", "RELAY_CPUS": f" {last} , 0 "}, require=())
+    assert settings.serve_cpus == frozenset(range(last + 1))
+    assert settings.relay_cpus == frozenset({0, last})
+    unset = Settings.from_env({}, require=())
+    assert unset.serve_cpus is None and unset.relay_cpus is None
+
+
 def test_missing_master_keys_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="SECRETS_MASTER_KEYS is required"):
         Settings.from_env({"API_KEY_HASH_KEY": HASH_KEY})
@@ -153,6 +162,11 @@ def _bad_values() -> list[tuple[str, str]]:
         ("DATABASE_URL", "mysql://db/secrets"),
         ("SECRETS_MASTER_KEYS", "nocolon"),
         ("API_KEY_HASH_KEY", "c2hvcnQ="),
+        ("SERVE_CPUS", "first"),
+        ("SERVE_CPUS", "0,"),
+        ("SERVE_CPUS", "3-1"),
+        ("RELAY_CPUS", "4096"),
+        ("RELAY_CPUS", "0-4096"),
     ]
     return rows
 

@@ -71,6 +71,33 @@ async def test_a_separate_relay_publishes_every_event_survives_its_own_death_and
     deployment.assert_logs_clean()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell them apart")
+async def test_serve_and_its_relay_run_on_the_cpus_they_are_given(
+    deploy: DeploymentFactory, kafka_bootstrap: str
+) -> None:
+    api_cpu, relay_cpu = sorted(os.sched_getaffinity(0))[:2]
+    deployment: Deployment = await deploy(
+        kafka_bootstrap, RELAY_MODE="separate", SERVE_CPUS=str(api_cpu), RELAY_CPUS=str(relay_cpu)
+    )
+    service = deployment.service
+    await service.start_healthy()
+    assert service.process is not None
+    (relay,) = await poll_until(lambda: children(service.process.pid), 30, what="the relay process")
+    created = await drive_creates(deployment, [f"PINNED_{i}" for i in range(50)], concurrency=8)
+    assert {o.status for o in created} == {201}
+    await assert_every_stored_secret_has_its_event(deployment, kafka_bootstrap)
+
+    # Every thread of the API process (event loop, database threads) on its CPU, the relay's on its own.
+    threads = [int(task.name) for task in Path(f"/proc/{service.process.pid}/task").iterdir()]
+    assert len(threads) > 1
+    assert {tid: os.sched_getaffinity(tid) for tid in threads} == {tid: {api_cpu} for tid in threads}
+    relay_threads = [int(task.name) for task in Path(f"/proc/{relay}/task").iterdir()]
+    assert {tid: os.sched_getaffinity(tid) for tid in relay_threads} == {
+        tid: {relay_cpu} for tid in relay_threads
+    }
+    deployment.assert_logs_clean()
+
+
 async def test_sigterm_stops_the_relay_process_with_the_api(
     deploy: DeploymentFactory, kafka_bootstrap: str
 ) -> None:
