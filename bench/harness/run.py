@@ -781,6 +781,12 @@ class Bench:
         }
         if a.database == "sqlite":
             settings["sqlite_synchronous"] = "FULL"
+        settings["relay"] = a.relay
+        settings["pinned_cpus"] = sorted(a.cpus) if a.cpus else None
+        # The service's own CPU settings, which it takes from the environment bench/run was started in.
+        settings["service_cpu_settings"] = {
+            k: os.environ[k] for k in ("SERVE_CPUS", "RELAY_CPUS") if k in os.environ
+        }
         if a.replicas > 1:
             settings["balancer"] = f"nginx from {NGINX_TEMPLATE.relative_to(ROOT)} (access log off)"
         return {

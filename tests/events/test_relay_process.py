@@ -38,14 +38,23 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+async def start_with_its_relay(deployment: Deployment) -> int:
+    """Start the service (RELAY_MODE=separate) healthy; the pid of its relay process."""
+    await deployment.service.start_healthy()
+    process = deployment.service.process
+    assert process is not None
+    relays: list[int] = await poll_until(lambda: children(process.pid), 30, what="the relay process")
+    (relay,) = relays
+    return relay
+
+
 async def test_a_separate_relay_publishes_every_event_survives_its_own_death_and_dies_with_the_api(
     deploy: DeploymentFactory, kafka_bootstrap: str
 ) -> None:
     deployment: Deployment = await deploy(kafka_bootstrap, RELAY_MODE="separate")
+    relay = await start_with_its_relay(deployment)
     service = deployment.service
-    await service.start_healthy()
     assert service.process is not None
-    (relay,) = await poll_until(lambda: children(service.process.pid), 30, what="the relay process")
 
     first = await drive_creates(deployment, [f"SEP_{i}" for i in range(100)], concurrency=8)
     assert {o.status for o in first} == {201}
@@ -79,10 +88,9 @@ async def test_serve_and_its_relay_run_on_the_cpus_they_are_given(
     deployment: Deployment = await deploy(
         kafka_bootstrap, RELAY_MODE="separate", SERVE_CPUS=str(api_cpu), RELAY_CPUS=str(relay_cpu)
     )
+    relay = await start_with_its_relay(deployment)
     service = deployment.service
-    await service.start_healthy()
     assert service.process is not None
-    (relay,) = await poll_until(lambda: children(service.process.pid), 30, what="the relay process")
     created = await drive_creates(deployment, [f"PINNED_{i}" for i in range(50)], concurrency=8)
     assert {o.status for o in created} == {201}
     await assert_every_stored_secret_has_its_event(deployment, kafka_bootstrap)
@@ -102,10 +110,9 @@ async def test_sigterm_stops_the_relay_process_with_the_api(
     deploy: DeploymentFactory, kafka_bootstrap: str
 ) -> None:
     deployment: Deployment = await deploy(kafka_bootstrap, RELAY_MODE="separate", SHUTDOWN_DRAIN_SECONDS="0")
+    relay = await start_with_its_relay(deployment)
     service = deployment.service
-    await service.start_healthy()
     assert service.process is not None
-    (relay,) = await poll_until(lambda: children(service.process.pid), 30, what="the relay process")
     outcomes = await drive_creates(deployment, [f"TERM_{i}" for i in range(50)], concurrency=4)
     assert {o.status for o in outcomes} == {201}
 
