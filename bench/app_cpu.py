@@ -23,7 +23,7 @@ plus INSTRUCTION_EXTRA), and the difference in instructions over the extra reque
 the figure. It does not move with the machine's load, as CPU time does (by 10-15% here
 between runs minutes apart), so a change of a few percent shows, where CPU-time A/B
 runs cannot see it. It counts work, not cache misses or system-call latency, and takes
-about a minute per app (valgrind runs Python some 50 times slower).
+about 1.5-2 minutes per app (valgrind runs Python some 50 times slower).
 """
 
 from __future__ import annotations

@@ -100,9 +100,8 @@ class EdgeMiddleware:
                     "unhandled %s on %s %r\n%s", type(exc).__name__, scope["method"], scope["path"], frames
                 )
             if not started:
-                response = response or error_response(
-                    500, "Internal Server Error", "An unexpected error occurred"
-                )
+                if response is None:
+                    response = error_response(500, "Internal Server Error", "An unexpected error occurred")
                 await response(scope, receive, edge_send)
         _count(scope, status, started_at)
 
