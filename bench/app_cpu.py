@@ -178,7 +178,9 @@ async def measure(
     return cpu / n * 1e6, n / wall
 
 
-async def service(route: str, n: int, concurrency: int, profile: str | None) -> tuple[float, float]:
+async def service(
+    route: str, n: int, concurrency: int, profile: str | None, database_url: str | None = None
+) -> tuple[float, float]:
     from service.accounts import admin
     from service.app import create_app
     from service.clock import SystemClock
@@ -189,7 +191,7 @@ async def service(route: str, n: int, concurrency: int, profile: str | None) -> 
     directory = tempfile.mkdtemp(prefix="app-cpu-")
     settings = Settings.from_env(
         {
-            "DATABASE_URL": f"sqlite:///{directory}/secrets.db",
+            "DATABASE_URL": database_url or f"sqlite:///{directory}/secrets.db",
             "SQLITE_SYNCHRONOUS": "NORMAL",
             "SECRETS_MASTER_KEYS": generate_master_key_entry("bench"),
             "API_KEY_HASH_KEY": base64.b64encode(os.urandom(32)).decode(),
@@ -238,7 +240,7 @@ async def bare(route: str, n: int, concurrency: int) -> tuple[float, float]:
         await stop()
 
 
-def instructions(app: str, route: str, concurrency: int) -> float:
+def instructions(app: str, route: str, concurrency: int, database_url: str | None) -> float:
     """Machine instructions per request of one app (callgrind: two runs, the difference per extra request)."""
 
     def collected(requests: int) -> int:
@@ -256,6 +258,7 @@ def instructions(app: str, route: str, concurrency: int) -> float:
             str(requests),
             "--concurrency",
             str(concurrency),
+            *(["--database-url", database_url] if database_url else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=os.environ)
         found = re.search(r"Collected : (\d+)", done.stderr)
@@ -282,10 +285,15 @@ def main() -> None:
         help="machine instructions per request under valgrind, instead of CPU time (needs valgrind)",
     )
     parser.add_argument("--app", choices=("service", "bare"), help="measure one app only")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the service's DATABASE_URL (default: a fresh SQLite file); e.g. PostgreSQL from scripts/postgres-local",
+    )
     args = parser.parse_args()
     if args.instructions:
-        service_ir = instructions("service", args.route, args.concurrency)
-        bare_ir = instructions("bare", args.route, args.concurrency)
+        service_ir = instructions("service", args.route, args.concurrency, args.database_url)
+        bare_ir = instructions("bare", args.route, args.concurrency, None)
         print(
             f"{args.route}: service {service_ir:,.0f} instructions/request, bare {bare_ir:,.0f}, "
             f"service/bare {service_ir / bare_ir:.2f}"
@@ -298,12 +306,16 @@ def main() -> None:
     sys.setswitchinterval(0.0002)
     if args.app is not None:
         if args.app == "service":
-            cpu, rate = uvloop.run(service(args.route, args.requests, args.concurrency, args.profile))
+            cpu, rate = uvloop.run(
+                service(args.route, args.requests, args.concurrency, args.profile, args.database_url)
+            )
         else:
             cpu, rate = uvloop.run(bare(args.route, args.requests, args.concurrency))
         print(f"{args.route}: {args.app} {cpu:.0f} us CPU/request ({rate:,.0f}/s)")
         return
-    service_cpu, service_rate = uvloop.run(service(args.route, args.requests, args.concurrency, args.profile))
+    service_cpu, service_rate = uvloop.run(
+        service(args.route, args.requests, args.concurrency, args.profile, args.database_url)
+    )
     bare_cpu, bare_rate = uvloop.run(bare(args.route, args.requests, args.concurrency))
     print(
         f"{args.route}: service {service_cpu:.0f} us CPU/request ({service_rate:,.0f}/s), "
