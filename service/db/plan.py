@@ -36,6 +36,23 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchByKeys:
+    """Receive the `columns` of the rows of `table` whose `key` columns (text) equal one of `keys`.
+
+    The database runs it as it plans best. PostgreSQL joins the keys unnested from one array
+    per key column: one statement text whatever the number of keys, so it is prepared and
+    planned once, where a list of ORed equalities is a new statement, planned anew, for each
+    number of keys (and was planned as a scan of the whole project while its statistics
+    were stale). SQLite runs the ORed equalities, each an index lookup.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    keys: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True, slots=True)
 class Execute:
     """Run a statement and receive how many rows it changed."""
 
@@ -66,7 +83,7 @@ class UpdateMany:
     rows: Sequence[Sequence[Any]]
 
 
-Statement = Fetch | Execute | ExecuteMany | UpdateMany
+Statement = Fetch | FetchByKeys | Execute | ExecuteMany | UpdateMany
 Plan = Generator[Statement, Any, T]
 
 

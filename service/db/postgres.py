@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from service.db.plan import Execute, Fetch, Plan, UpdateMany
+from service.db.plan import Execute, Fetch, FetchByKeys, Plan, UpdateMany
 from service.db.url import DatabaseTLSError, Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
@@ -37,6 +37,14 @@ async def run_plan(conn: asyncpg.Connection, plan: Plan[T]) -> T:
             if isinstance(statement, Fetch):
                 sql = statement.sql + " FOR UPDATE" if statement.for_update else statement.sql
                 result = await conn.fetch(numbered(sql), *statement.params)
+            elif isinstance(statement, FetchByKeys):
+                if statement.keys:
+                    sql = _joined_keys(statement.table, statement.columns, statement.key)
+                    result = await conn.fetch(
+                        sql, *(list(column) for column in zip(*statement.keys, strict=True))
+                    )
+                else:
+                    result = []
             elif isinstance(statement, Execute):
                 status = await conn.execute(numbered(statement.sql), *statement.params)
                 result = int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
@@ -53,6 +61,15 @@ async def run_plan(conn: asyncpg.Connection, plan: Plan[T]) -> T:
                 result = None
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _joined_keys(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """The rows whose key is one of those given as one text array per key column."""
+    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(key)))
+    on = " AND ".join(f"t.{column} = k.{column}" for column in key)
+    selected = ", ".join(f"t.{column}" for column in columns)
+    return f"SELECT {selected} FROM {table} AS t JOIN unnest({arrays}) AS k({', '.join(key)}) ON {on}"
 
 
 @functools.lru_cache(maxsize=64)

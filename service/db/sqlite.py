@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from service.db.plan import Execute, Fetch, Plan, UpdateMany
+from service.db.plan import Execute, Fetch, FetchByKeys, Plan, UpdateMany
 from service.db.url import Dialect
 from service.errors import ServiceError, ServiceUnavailable, StorageFull
 
@@ -81,6 +81,8 @@ def run_plan(db: sqlite3.Connection, plan: Plan[T]) -> T:
                     result = orjson.loads(db.execute(sql, statement.params).fetchone()[0])
                 else:
                     result = db.execute(statement.sql, statement.params).fetchall()
+            elif isinstance(statement, FetchByKeys):
+                result = db.execute(*_ored_keys(statement)).fetchall() if statement.keys else []
             elif isinstance(statement, Execute):
                 result = db.execute(statement.sql, statement.params).rowcount
             elif isinstance(statement, UpdateMany):
@@ -93,6 +95,15 @@ def run_plan(db: sqlite3.Connection, plan: Plan[T]) -> T:
                 result = None
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def _ored_keys(statement: FetchByKeys) -> tuple[str, list[Any]]:
+    match = "(" + " AND ".join(f"{column} = ?" for column in statement.key) + ")"
+    sql = (
+        f"SELECT {', '.join(statement.columns)} FROM {statement.table}"
+        f" WHERE {' OR '.join([match] * len(statement.keys))}"
+    )
+    return sql, [value for key in statement.keys for value in key]
 
 
 def _update_from_values(statement: UpdateMany) -> tuple[str, list[Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.db.plan import Execute, ExecuteMany, Fetch, UpdateMany
+from service.db.plan import Execute, ExecuteMany, Fetch, FetchByKeys, UpdateMany
 from service.secrets.model import SECRET_COLUMNS, IdempotencyClaim, SecretRecord
 
 # Secrets
@@ -141,12 +141,14 @@ def current_value_by_name(project_id: str, name: str) -> Fetch:
     )
 
 
-def current_values_by_names(pairs: Sequence[tuple[str, str]]) -> Fetch:
-    """The current values of secrets named by (project_id, name): project_id, then the value columns."""
-    return Fetch(
-        "SELECT project_id, id, name, version, sealed_value, updated_at FROM secrets WHERE "
-        + " OR ".join(["(project_id = ? AND name = ?)"] * len(pairs)),
-        [value for pair in pairs for value in pair],
+def current_values_by_names(pairs: Sequence[tuple[str, str]]) -> FetchByKeys:
+    """The current values of secrets named by (project_id, name) (distinct pairs): project_id, then
+    the value columns."""
+    return FetchByKeys(
+        "secrets",
+        ("project_id", "id", "name", "version", "sealed_value", "updated_at"),
+        ("project_id", "name"),
+        pairs,
     )
 
 

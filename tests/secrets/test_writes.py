@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.crypto import Binding, DecryptionError, Keyring, generate_master_key_entry, unseal
-from service.db.plan import Execute, ExecuteMany, Fetch, Plan, Statement, UpdateMany, batch_plan
+from service.db.plan import Execute, ExecuteMany, Fetch, FetchByKeys, Plan, Statement, UpdateMany, batch_plan
 from service.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
 from service.secrets.model import Created, IdempotencyClaim, IfMatch, SecretRecord, secret_event
 from service.secrets.writes import CreateSecret, DeleteSecret, IdempotencyKeyTaken, ReadValue, UpdateSecret
@@ -93,7 +93,7 @@ def new_create(
 
 
 def statements_like(statements: Sequence[Statement], prefix: str) -> list[Statement]:
-    return [s for s in statements if not isinstance(s, UpdateMany) and s.sql.startswith(prefix)]
+    return [s for s in statements if not isinstance(s, UpdateMany | FetchByKeys) and s.sql.startswith(prefix)]
 
 
 def test_two_creates_of_one_name_in_a_batch_give_one_secret_and_one_conflict() -> None:
@@ -174,7 +174,7 @@ class CannedSecrets:
         self.pruned_below: dict[str, int] = {}
 
     def __call__(self, statement: Statement) -> Any:
-        sql = statement.sql if not isinstance(statement, UpdateMany) else ""
+        sql = statement.sql if not isinstance(statement, UpdateMany | FetchByKeys) else ""
         if isinstance(statement, UpdateMany):
             assert statement.table == "secrets" and statement.key == "id"
             assert len({row[0] for row in statement.rows}) == len(statement.rows), "one row per secret"
@@ -347,9 +347,9 @@ def test_reads_by_name_in_a_batch_take_one_statement_and_only_answered_reads_are
 
     def answer(statement: Statement) -> Any:
         assert not isinstance(statement, UpdateMany)
-        if statement.sql.startswith("SELECT project_id, id, name"):
-            params = list(statement.params)
-            return [stored[pair] for pair in zip(params[::2], params[1::2], strict=True) if pair in stored]
+        if isinstance(statement, FetchByKeys):
+            assert statement.key == ("project_id", "name")
+            return [stored[(project, name)] for project, name in statement.keys if (project, name) in stored]
         if statement.sql.startswith("SELECT id, name, version"):  # by id
             return [stored[("p1", "A")][1:]]
         return 1
@@ -362,5 +362,6 @@ def test_reads_by_name_in_a_batch_take_one_statement_and_only_answered_reads_are
 
     assert [type(o) for o in outcomes] == [SecretValue, SecretNotFound, SecretValue, SecretValue]
     assert {o.value for o in outcomes if isinstance(o, SecretValue)} == {"value a"}
-    assert len(statements_like(statements, "SELECT project_id, id, name")) == 1
+    (by_names,) = [s for s in statements if isinstance(s, FetchByKeys)]
+    assert sorted(by_names.keys) == [("p1", "A"), ("p1", "MISSING")], "each name asked once"
     assert event_types(statements) == ["secret.accessed"] * 3
