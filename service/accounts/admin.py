@@ -26,6 +26,7 @@ class _IssueKey:
     project_name: str | None = None
     writes_events: ClassVar[bool] = False
     scrubs_old_values: ClassVar[bool] = False
+    serial: ClassVar[bool] = False
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[_IssueKey]) -> Plan[Sequence[IssuedKey | ServiceError]]:

@@ -111,6 +111,9 @@ class WriteJob(Protocol[R_co]):
     writes_events: ClassVar[bool]
     # Whether it replaces or deletes sealed values (SQLite then truncates the WAL they linger in).
     scrubs_old_values: ClassVar[bool]
+    # Whether its plan locks one row that all jobs of its class lock (a project's secret count): such
+    # jobs are committed on one connection only, where the database offers several.
+    serial: ClassVar[bool]
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[Self]) -> Plan[Sequence[R_co | ServiceError]]: ...
@@ -123,6 +126,7 @@ class StatementJob:
     statement: Statement
     writes_events: ClassVar[bool] = False
     scrubs_old_values: ClassVar[bool] = False
+    serial: ClassVar[bool] = False
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[StatementJob]) -> Plan[Sequence[Any]]:

@@ -270,6 +270,7 @@ class SQLiteDatabase:
 
     dialect: Dialect = "sqlite"
     single_writer = True
+    writers = 1
 
     def __init__(self, path: Path, synchronous: str) -> None:
         self.path = path

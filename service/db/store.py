@@ -1,14 +1,15 @@
 """The store: reads, and writes committed many at a time (group commit).
 
-Concurrent writes are queued and run by one task on one connection, many of them in
-one transaction: one fsync covers the whole batch, yet each caller still gets its
-own outcome, and is answered only after the commit. If a batch fails as a whole,
-each job is retried alone, so one bad job fails only itself.
+Concurrent writes are queued and run by a task on its own connection (two such tasks
+on PostgreSQL), many of them in one transaction: one fsync covers the whole batch, yet
+each caller still gets its own outcome, and is answered only after the commit. If a
+batch fails as a whole, each job is retried alone, so one bad job fails only itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -40,6 +41,8 @@ class Database(Protocol):
     dialect: Dialect
     # Commits happen one at a time, in order: an outbox's seq order is then commit order.
     single_writer: bool
+    # How many connections the group committer commits on at once (1 where single_writer).
+    writers: int
 
     async def open(self) -> None: ...
 
@@ -53,15 +56,24 @@ class Database(Protocol):
 
 
 class _Queued:
-    __slots__ = ("future", "job")
+    __slots__ = ("future", "job", "number")
 
-    def __init__(self, job: WriteJob[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, job: WriteJob[Any], future: asyncio.Future[Any], number: int) -> None:
         self.job = job
         self.future = future
+        self.number = number
 
 
 class GroupCommitter:
-    """A task that owns the write connection and commits queued jobs in batches."""
+    """Tasks that each own a write connection and commit queued jobs in batches.
+
+    One task where the database commits one transaction at a time (SQLite). Where it
+    takes concurrent ones (PostgreSQL), `database.writers` tasks: the next batch is
+    planned and sent while the last one's round trips and commit are under way, rather
+    than the service idling on them. Jobs of a `serial` class (they all lock one row,
+    a project's secret count) are left to the first task, in batches as large as
+    ever: beside it, a second connection would only wait for that lock.
+    """
 
     def __init__(
         self, database: Database, on_events_committed: Callable[[], None], max_batch: int = 256
@@ -69,51 +81,84 @@ class GroupCommitter:
         self._database = database
         self._on_events_committed = on_events_committed
         self._max_batch = max_batch
+        self._numbers = itertools.count()
+        self._serial: deque[_Queued] = deque()
         self._queue: deque[_Queued] = deque()
+        # Set when any job is queued (the first task waits on it), and when one any task may take is.
         self._wakeup = asyncio.Event()
+        self._wakeup_any = asyncio.Event()
         self._stopping = False
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         # Whether the last write found the storage full (logged once when it starts, once when it ends).
         self.storage_full = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-committer")
-        ready = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            ready.cancel()
-            self._task.result()
+        for number in range(1, self._database.writers + 1):
+            ready = asyncio.Event()
+            name = "committer" if number == 1 else f"committer-{number}"
+            task = asyncio.create_task(self._run(name, number == 1, ready), name=f"group-{name}")
+            self._tasks.append(task)
+            waiting = asyncio.create_task(ready.wait())
+            done, _ = await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                waiting.cancel()
+                # The connections already made are closed before the failure is raised.
+                self._stop_waiting()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                task.result()
 
     async def stop(self) -> None:
-        """Commit what is queued, then close the connection."""
+        """Commit what is queued, then close the connections."""
+        self._stop_waiting()
+        await asyncio.gather(*self._tasks)
+
+    def _stop_waiting(self) -> None:
         self._stopping = True
         self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        self._wakeup_any.set()
 
     async def submit(self, job: WriteJob[R]) -> R:
         if self._stopping:
             raise ServiceUnavailable("The service is shutting down")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(job, future))
+        queued = _Queued(job, future, next(self._numbers))
+        if job.serial:
+            self._serial.append(queued)
+        else:
+            self._queue.append(queued)
+            self._wakeup_any.set()
         self._wakeup.set()
         return await future
 
-    async def _run(self) -> None:
+    def _take(self, first: bool) -> list[_Queued]:
+        """The next batch: the first task's in the order the jobs came, the others' of non-serial jobs."""
+        serial, queue, most = self._serial, self._queue, self._max_batch
+        if not (first and serial):
+            return [queue.popleft() for _ in range(min(len(queue), most))]
+        if not queue:
+            return [serial.popleft() for _ in range(min(len(serial), most))]
+        batch: list[_Queued] = []
+        while len(batch) < most and (serial or queue):
+            if serial and (not queue or serial[0].number < queue[0].number):
+                batch.append(serial.popleft())
+            else:
+                batch.append(queue.popleft())
+        return batch
+
+    async def _run(self, name: str, first: bool, ready: asyncio.Event) -> None:
         backoff = 0.1
         while True:
             try:
-                conn = await self._database.connect("committer")
+                conn = await self._database.connect(name)
             except Exception as exc:
-                if not self._ready.is_set():
+                if not ready.is_set():
                     raise
-                logger.warning("the committer could not connect (%s); retrying", type(exc).__name__)
+                logger.warning("the %s could not connect (%s); retrying", name, type(exc).__name__)
             else:
-                self._ready.set()
+                ready.set()
                 backoff = 0.1
                 try:
-                    if await self._serve(conn):
+                    if await self._serve(conn, first):
                         return
                 finally:
                     await conn.close()
@@ -123,16 +168,17 @@ class GroupCommitter:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _serve(self, conn: Connection) -> bool:
+    async def _serve(self, conn: Connection, first: bool) -> bool:
         """Commit batches until stopped (True) or the connection is lost (False)."""
+        wakeup = self._wakeup if first else self._wakeup_any
         while True:
-            if not self._queue:
+            batch = self._take(first)
+            if not batch:
                 if self._stopping:
                     return True
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
                 continue
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             if not await self._commit(conn, batch):
                 logger.warning("the committer lost its database connection; reconnecting")
                 return False
@@ -177,7 +223,8 @@ class GroupCommitter:
         return True
 
     def _fail_queued(self, exc: Exception) -> None:
-        batch = list(self._queue)
+        batch = [*self._serial, *self._queue]
+        self._serial.clear()
         self._queue.clear()
         _answer_all(batch, exc)
 

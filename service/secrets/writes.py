@@ -88,6 +88,7 @@ class CreateSecret:
     claim: IdempotencyClaim | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = False
+    serial: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"CreateSecret(id={self.record.id!r}, name={self.record.name!r})"
@@ -186,6 +187,7 @@ class UpdateSecret:
     restore_from: int | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = True
+    serial: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"UpdateSecret(secret_id={self.secret_id!r}, restore_from={self.restore_from!r})"
@@ -321,6 +323,7 @@ class DeleteSecret:
     if_match: IfMatch | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = True
+    serial: ClassVar[bool] = True
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[DeleteSecret]) -> Plan[Sequence[SecretRecord | ServiceError]]:
@@ -365,6 +368,7 @@ class ReadValue:
     version: int | None = None
     writes_events: ClassVar[bool] = True
     scrubs_old_values: ClassVar[bool] = False
+    serial: ClassVar[bool] = False
 
     @classmethod
     def plan_batch(cls, jobs: Sequence[ReadValue]) -> Plan[Sequence[SecretValue | Unreadable | ServiceError]]:
