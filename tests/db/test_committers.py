@@ -47,14 +47,19 @@ async def one_committer_waits(conn: asyncpg.Connection) -> None:
     raise AssertionError("no committer connection came to wait for the outside lock")
 
 
-async def test_a_write_waiting_for_a_lock_does_not_hold_up_value_reads(
-    client: httpx.AsyncClient, settings: Settings, project: dict[str, str]
-) -> None:
+@pytest.fixture
+async def reader(client: httpx.AsyncClient, settings: Settings, project: dict[str, str]) -> dict[str, str]:
+    """A key that reads values, and the secret FREE it reads while a committer waits for a lock."""
     if is_sqlite(settings):
         pytest.skip("PostgreSQL only: SQLite commits on one connection")
-    reader = await issue_key(settings, project["projectId"], "secrets:read")
-    locked = await created(client, project, "LOCKED", "before")
     await created(client, project, "FREE", "free value")
+    return await issue_key(settings, project["projectId"], "secrets:read")
+
+
+async def test_a_write_waiting_for_a_lock_does_not_hold_up_value_reads(
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str], reader: dict[str, str]
+) -> None:
+    locked = await created(client, project, "LOCKED", "before")
 
     async with row_locked(settings, "SELECT id FROM secrets WHERE id = $1 FOR UPDATE", locked["id"]) as conn:
         update = asyncio.create_task(
@@ -73,13 +78,8 @@ async def test_a_write_waiting_for_a_lock_does_not_hold_up_value_reads(
 
 
 async def test_creates_wait_on_one_connection_while_reads_take_the_other(
-    client: httpx.AsyncClient, settings: Settings, project: dict[str, str]
+    client: httpx.AsyncClient, settings: Settings, project: dict[str, str], reader: dict[str, str]
 ) -> None:
-    if is_sqlite(settings):
-        pytest.skip("PostgreSQL only: SQLite commits on one connection")
-    reader = await issue_key(settings, project["projectId"], "secrets:read")
-    await created(client, project, "FREE", "free value")
-
     async with row_locked(
         settings, "SELECT id FROM projects WHERE id = $1 FOR UPDATE", project["projectId"]
     ) as conn:
