@@ -9,7 +9,6 @@ batch fails as a whole, each job is retried alone, so one bad job fails only its
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
@@ -56,12 +55,11 @@ class Database(Protocol):
 
 
 class _Queued:
-    __slots__ = ("future", "job", "number")
+    __slots__ = ("future", "job")
 
-    def __init__(self, job: WriteJob[Any], future: asyncio.Future[Any], number: int) -> None:
+    def __init__(self, job: WriteJob[Any], future: asyncio.Future[Any]) -> None:
         self.job = job
         self.future = future
-        self.number = number
 
 
 class GroupCommitter:
@@ -81,9 +79,10 @@ class GroupCommitter:
         self._database = database
         self._on_events_committed = on_events_committed
         self._max_batch = max_batch
-        self._numbers = itertools.count()
+        # Serial jobs queue apart only where a second task could otherwise take them.
         self._serial: deque[_Queued] = deque()
         self._queue: deque[_Queued] = deque()
+        self._apart = database.writers > 1
         # Set when any job is queued (the first task waits on it), and when one any task may take is.
         self._wakeup = asyncio.Event()
         self._wakeup_any = asyncio.Event()
@@ -121,8 +120,8 @@ class GroupCommitter:
         if self._stopping:
             raise ServiceUnavailable("The service is shutting down")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        queued = _Queued(job, future, next(self._numbers))
-        if job.serial:
+        queued = _Queued(job, future)
+        if job.serial and self._apart:
             self._serial.append(queued)
         else:
             self._queue.append(queued)
@@ -131,18 +130,10 @@ class GroupCommitter:
         return await future
 
     def _take(self, first: bool) -> list[_Queued]:
-        """The next batch: the first task's in the order the jobs came, the others' of non-serial jobs."""
-        serial, queue, most = self._serial, self._queue, self._max_batch
-        if not (first and serial):
-            return [queue.popleft() for _ in range(min(len(queue), most))]
-        if not queue:
-            return [serial.popleft() for _ in range(min(len(serial), most))]
+        """The next batch: the first task's serial jobs first, then any other (the second task takes those too)."""
         batch: list[_Queued] = []
-        while len(batch) < most and (serial or queue):
-            if serial and (not queue or serial[0].number < queue[0].number):
-                batch.append(serial.popleft())
-            else:
-                batch.append(queue.popleft())
+        for queue in (self._serial, self._queue) if first else (self._queue,):
+            batch += [queue.popleft() for _ in range(min(len(queue), self._max_batch - len(batch)))]
         return batch
 
     async def _run(self, name: str, first: bool, ready: asyncio.Event) -> None:
