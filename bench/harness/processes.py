@@ -108,8 +108,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def tree_cpu_seconds(roots: list[int]) -> float:
-    """utime + stime of these processes and all their descendants (alive now)."""
+def descendants(roots: list[int]) -> set[int]:
+    """These processes and all their descendants (alive now)."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -122,7 +122,12 @@ def tree_cpu_seconds(roots: list[int]) -> float:
             if parent == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(c for c in (cpu_seconds(pid) for pid in tree) if c == c)  # NaN: gone meanwhile
+    return tree
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of these processes and all their descendants (alive now)."""
+    return sum(c for c in (cpu_seconds(pid) for pid in descendants(roots)) if c == c)  # NaN: gone meanwhile
 
 
 def pid_from_file(path: Path) -> int | None:

@@ -27,6 +27,7 @@ from .processes import (
     Procs,
     children_cpu,
     cpu_seconds,
+    descendants,
     machine_cpu,
     pid_from_file,
     port_free,
@@ -407,6 +408,9 @@ class Bench:
             inst["vmhwm_kb"] = mem.get("VmHWM")
             inst["vmrss_kb"] = mem.get("VmRSS")
             inst["cpu_s"] = cpu_seconds(proc.pid)
+            # A separate relay (a child process): its own peak, beside the API process's.
+            children = [proc_status(pid).get("VmHWM") or 0 for pid in descendants([proc.pid]) - {proc.pid}]
+            inst["children_vmhwm_kb"] = max(children) if children else None
             rc = self.procs.stop(proc, 60)
             inst["exit_code"] = rc
             log(f"service on :{inst['port']} stopped (exit {rc}), peak RSS {inst['vmhwm_kb'] / 1024:.1f} MB")
@@ -465,7 +469,8 @@ class Bench:
         rows_before = self.db.total_rows() if to_service else None
         seq_before = self.db.last_seq() if to_service else 0
         helpers0 = self.helper_cpu(pids)
-        cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
+        # The whole tree: a separate relay is a child of the API process, and its CPU is the service's too.
+        cpu0, t0 = tree_cpu_seconds(pids), time.monotonic()
         client0, (busy0, total0) = children_cpu(), machine_cpu()
         probe_task = None
         if probe:
@@ -493,7 +498,7 @@ class Bench:
             timeout=a.timeout,
         )
         wall = time.monotonic() - t0
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        cpu = tree_cpu_seconds(pids) - cpu0
         client_cpu = children_cpu() - client0
         busy1, total1 = machine_cpu()
         helpers = {k: v - helpers0.get(k, v) for k, v in self.helper_cpu(pids).items()}
@@ -707,6 +712,7 @@ class Bench:
         all_service = [r for r in self.rounds if r["kind"] in SERVICE_KINDS]
         all_bare = [r for r in self.rounds if r["kind"] == "bare"]
         peak_rss_mb = max((i.get("vmhwm_kb") or 0) for i in self.instances) / 1024
+        children_rss_kb = [i["children_vmhwm_kb"] for i in self.instances if i.get("children_vmhwm_kb")]
         empty_med = med([r["rps"] for r in svc])
         pre_med = med([r["rps"] for r in psvc])
         summary = {
@@ -739,6 +745,7 @@ class Bench:
             "other_cpu_cores_median": med([r["other_cpu_cores"] for r in svc + bare]),
             "outside_cpu_cores_median": med([r["outside_cpu_cores"] for r in svc + bare]),
             "peak_rss_mb": round(peak_rss_mb, 1),
+            "relay_peak_rss_mb": round(max(children_rss_kb) / 1024, 1) if children_rss_kb else None,
             "bare_peak_rss_mb": round(bare_mem.get("VmHWM", 0) / 1024, 1),
         }
         summary["prefilled_vs_empty_normalized"] = (
