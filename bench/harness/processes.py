@@ -136,12 +136,16 @@ def pid_from_file(path: Path) -> int | None:
     return None
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, total, stolen) jiffies of all CPUs, from /proc/stat.
+
+    Stolen time (a virtual machine's CPU given to other guests by the host) counts as busy:
+    it is load from outside the run that no process here shows.
+    """
     fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
     total = sum(fields[:8])
-    return total - idle, total
+    return total - idle, total, fields[7]
 
 
 def children_cpu() -> float:

@@ -488,7 +488,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Service CPU per request: {f(s['service_cpu_us_per_request_median'], '.0f')} µs "
         f"(bare {f(s['bare_cpu_us_per_request_median'], '.0f')} µs). Other load on the machine during the rounds: "
         f"{f(s['other_cpu_cores_median'], '.2f')} cores (median; wrk excluded), of which "
-        f"{f(s.get('outside_cpu_cores_median'), '.2f')} outside the run (other sessions; the rest is the run's own "
+        f"{f(s.get('outside_cpu_cores_median'), '.2f')} outside the run (other sessions, and "
+        f"{f(s.get('stolen_cpu_cores_median'), '.2f')} stolen by the host for other virtual machines; the rest is the run's own "
         "Kafka"
         + (", PostgreSQL" if res.get("database") == "postgresql" else "")
         + (", nginx" if replicas > 1 else "")

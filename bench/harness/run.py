@@ -257,9 +257,9 @@ class Bench:
         deadline = time.monotonic() + a.wait_quiet
         quiet_since = None
         while True:
-            busy0, total0 = machine_cpu()
+            busy0, total0, _ = machine_cpu()
             time.sleep(1)
-            busy1, total1 = machine_cpu()
+            busy1, total1, _ = machine_cpu()
             self.background_cpu = round(
                 (busy1 - busy0) / max(1.0, total1 - total0) * (os.cpu_count() or 1), 2
             )
@@ -471,7 +471,7 @@ class Bench:
         helpers0 = self.helper_cpu(pids)
         # The whole tree: a separate relay is a child of the API process, and its CPU is the service's too.
         cpu0, t0 = tree_cpu_seconds(pids), time.monotonic()
-        client0, (busy0, total0) = children_cpu(), machine_cpu()
+        client0, (busy0, total0, stolen0) = children_cpu(), machine_cpu()
         probe_task = None
         if probe:
             probe_task = asyncio.create_task(
@@ -500,7 +500,7 @@ class Bench:
         wall = time.monotonic() - t0
         cpu = tree_cpu_seconds(pids) - cpu0
         client_cpu = children_cpu() - client0
-        busy1, total1 = machine_cpu()
+        busy1, total1, stolen1 = machine_cpu()
         helpers = {k: v - helpers0.get(k, v) for k, v in self.helper_cpu(pids).items()}
         errors = sum(res["errors"].values())
         if f"non_{ok}" in res:
@@ -535,6 +535,10 @@ class Bench:
             "helper_cpu_util": {k: round(v / wall, 3) for k, v in helpers.items()} if wall else None,
             "outside_cpu_cores": round(other - sum(helpers.values()) / wall, 2)
             if other is not None and wall
+            else None,
+            # of the outside load, the host's: CPU time given to other virtual machines
+            "stolen_cpu_cores": round((stolen1 - stolen0) / (total1 - total0) * (os.cpu_count() or 1), 2)
+            if total1 > total0
             else None,
             "wrk": res,
         }
@@ -744,6 +748,7 @@ class Bench:
             "prefilled_p99_ms_max": max((r["p99_ms"] for r in psvc), default=None),
             "other_cpu_cores_median": med([r["other_cpu_cores"] for r in svc + bare]),
             "outside_cpu_cores_median": med([r["outside_cpu_cores"] for r in svc + bare]),
+            "stolen_cpu_cores_median": med([r["stolen_cpu_cores"] for r in svc + bare]),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "relay_peak_rss_mb": round(max(children_rss_kb) / 1024, 1) if children_rss_kb else None,
             "bare_peak_rss_mb": round(bare_mem.get("VmHWM", 0) / 1024, 1),
