@@ -407,7 +407,7 @@ class Bench:
             mem = proc_status(proc.pid)
             inst["vmhwm_kb"] = mem.get("VmHWM")
             inst["vmrss_kb"] = mem.get("VmRSS")
-            inst["cpu_s"] = cpu_seconds(proc.pid)
+            inst["cpu_s"] = tree_cpu_seconds([proc.pid])
             # A separate relay (a child process): its own peak, beside the API process's.
             children = [proc_status(pid).get("VmHWM") or 0 for pid in descendants([proc.pid]) - {proc.pid}]
             inst["children_vmhwm_kb"] = max(children) if children else None
