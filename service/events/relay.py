@@ -35,10 +35,18 @@ _PRUNE_EVERY_SECONDS = 60.0
 _GATHER_SECONDS = 0.02
 _NOT_YET = float("inf")
 _MEASURE_EVERY_SECONDS = 5.0
+# Where one record covers every event before it (a cursor), it is written at most this often while
+# the relay is busy, and at once when it idles or stops: a commit every round cost the relay more
+# CPU than the events it published. After a crash, at most this long's events go out again.
+_RECORD_EVERY_SECONDS = 0.5
 
 
 class Progress(Protocol):
     """How the relay knows which events are published."""
+
+    # Whether each `published` statement records every event before it too, so that only the
+    # latest need be written.
+    cumulative: bool
 
     async def pending(self, store: Store, limit: int) -> list[OutboxEvent]: ...
 
@@ -65,6 +73,8 @@ class CursorProgress:
     The relay reads after its own in-memory cursor, so it never waits for the cursor
     row's commit; the row is only where a restart resumes.
     """
+
+    cumulative = True
 
     def __init__(self) -> None:
         self._cursor: int | None = None
@@ -98,6 +108,8 @@ class MarkedProgress:
     the mark's commit. A row is forgotten only by a read that began after its mark
     committed: an earlier read may still see it unmarked.
     """
+
+    cumulative = False
 
     def __init__(self) -> None:
         self._unmarked: dict[int, float] = {}  # seq -> first read that may forget it
@@ -178,6 +190,9 @@ class OutboxRelay:
         self._next_measure = 0.0
         self.progress = progress_for(store)
         self._records: set[asyncio.Future[Any]] = set()
+        # A cumulative record not written yet (a later one covers it), and when the next is due.
+        self._deferred: tuple[Execute, list[OutboxEvent]] | None = None
+        self._record_due = 0.0
         self._outage = OutageLog(clock, outage_remind_seconds)
 
     def wake(self) -> None:
@@ -199,6 +214,7 @@ class OutboxRelay:
                     "relay did not flush within %.1fs; pending events stay in the outbox",
                     self._shutdown_seconds,
                 )
+        self._record_deferred()
         if self._records:
             await asyncio.wait(self._records, timeout=self._shutdown_seconds)
         await self._publisher.close()
@@ -216,8 +232,10 @@ class OutboxRelay:
                 metrics.RELAY_LEADER.set(1 if leader else 0)
                 if leader:
                     await self._measure_backlog()
-                    while await self.publish_round() == BATCH:
+                    while (published := await self.publish_round()) == BATCH:
                         pass
+                    if published == 0:
+                        self._record_deferred()
                     if self._clock.monotonic() >= self._next_prune:
                         self._next_prune = self._clock.monotonic() + _PRUNE_EVERY_SECONDS
                         await self.prune()
@@ -243,7 +261,8 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
     async def publish_round(self) -> int:
         """Publish up to BATCH pending events; returns how many."""
@@ -259,13 +278,25 @@ class OutboxRelay:
             raise _Unpublished from exc
         self._outage.succeeded()
         metrics.PUBLISHED.inc(len(events))
-        # Recorded in the background: the next round need not wait for this commit (see the progress classes).
-        record = asyncio.ensure_future(
-            self._store.write(StatementJob(self.progress.published(events, iso_utc(self._clock.now()))))
-        )
+        statement = self.progress.published(events, iso_utc(self._clock.now()))
+        if self.progress.cumulative and self._clock.monotonic() < self._record_due:
+            self._deferred = (statement, events)
+        else:
+            self._record(statement, events)
+        return len(events)
+
+    def _record(self, statement: Execute, events: list[OutboxEvent]) -> None:
+        """Write a record of published events in the background: the next round need not wait for
+        its commit (see the progress classes)."""
+        self._deferred = None
+        self._record_due = self._clock.monotonic() + _RECORD_EVERY_SECONDS
+        record = asyncio.ensure_future(self._store.write(StatementJob(statement)))
         self._records.add(record)
         record.add_done_callback(lambda done: self._recorded(done, events))
-        return len(events)
+
+    def _record_deferred(self) -> None:
+        if self._deferred is not None:
+            self._record(*self._deferred)
 
     async def _measure_backlog(self) -> None:
         """The outbox backlog for the metrics, counted at most every few seconds (a count is a scan)."""

@@ -54,7 +54,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 class RelayProgress:
     """How far the service has committed events and how far its relay has published them, sampled
-    every 50 ms from its SQLite file (the relay's cursor row and the outbox's last seq)."""
+    every 50 ms from its SQLite file (the relay's cursor row and the outbox's last seq). A busy relay
+    writes its cursor at most every 0.5 s, so a wait read here can be up to that much too long."""
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path

@@ -110,6 +110,24 @@ async def test_committed_events_are_published_once_in_commit_order(
     assert again.published == []
 
 
+async def test_the_record_of_what_is_published_catches_up_once_commits_stop(
+    relay_on: RelayFactory, settings: Settings
+) -> None:
+    # The test's clock stands still: after the first round, each record waits for the relay to idle.
+    publisher = InMemoryPublisher()
+    async with relay_on(publisher) as (store, _relay):
+        for n, subject in enumerate(["a", "b", "c", "d"], start=1):
+            await commit_events(store, [subject])
+            await poll_until(lambda: len(publisher.published) == n, 10, interval=0.01, what="a publish")  # noqa: B023
+        assert publisher.calls == 4, "each event went out in a round of its own"
+
+        async def nothing_pending() -> bool:
+            return await pending_events(settings) == 0
+
+        # With the relay still running: a restart from here would not publish them again.
+        await poll_until(nothing_pending, 5, interval=0.02, what="the record of the last round")
+
+
 async def test_a_failed_publish_leaves_the_events_pending_until_it_succeeds(
     relay_on: RelayFactory, settings: Settings
 ) -> None:
