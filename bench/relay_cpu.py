@@ -29,31 +29,30 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
-
 import service
+from service.clock import SystemClock, iso_utc
 from service.crypto import generate_master_key_entry
+from service.db.plan import Execute
+from service.events.model import new_event
+from service.events.relay import CursorProgress
+from service.events.sql import insert_events
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness.processes import cpu_seconds
 
 # The relay runs from the tree this script imported (PYTHONPATH=<tree> for an A/B run).
 TREE = Path(service.__file__).resolve().parent.parent
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def outbox_rows(n: int) -> list[tuple[str, str, str, str, str]]:
-    """n rows shaped as the service's secret.created events."""
-    at = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    rows = []
+def insert_created_events(n: int) -> Execute:
+    """n events shaped as the service's secret.created, as the service inserts them."""
+    at = iso_utc(SystemClock().now())
+    events = []
     for _ in range(n):
         secret_id = str(uuid.uuid4())
         data = {"id": secret_id, "projectId": "project_bench", "name": "BENCH_SECRET", "version": 1}
-        rows.append((str(uuid.uuid4()), "secret.created", secret_id, orjson.dumps(data).decode(), at))
-    return rows
+        events.append(new_event("secret.created", secret_id, data, at))
+    return insert_events(events)
 
 
 def main() -> int:
@@ -92,12 +91,9 @@ def main() -> int:
                 committed, start = 0, time.monotonic()
                 due = start
                 while time.monotonic() - start < seconds:
+                    statement = insert_created_events(args.per_commit)
                     db.execute("BEGIN IMMEDIATE")
-                    db.executemany(
-                        "INSERT INTO outbox (event_id, event_type, subject, payload, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        outbox_rows(args.per_commit),
-                    )
+                    db.execute(statement.sql, statement.params)
                     db.execute("COMMIT")
                     relay.stdin.write(b".")
                     relay.stdin.flush()
@@ -112,9 +108,7 @@ def main() -> int:
             committed = commit_for(args.seconds)
             time.sleep(1.0)  # the last rounds publish
             used = cpu_seconds(relay.pid) - before
-            unpublished = db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE seq > (SELECT published_seq FROM relay_progress WHERE id = 1)"
-            ).fetchone()[0]
+            unpublished = db.execute(CursorProgress().count_pending().sql).fetchone()[0]
             db.close()
         finally:
             relay.stdin.close()
