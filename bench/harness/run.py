@@ -795,6 +795,8 @@ class Bench:
             settings["sqlite_synchronous"] = "FULL"
         settings["relay"] = a.relay
         settings["pinned_cpus"] = sorted(a.cpus) if a.cpus else None
+        # What the harness and its helpers (wrk, Kafka, PostgreSQL, nginx) ran on (see cli.keep_off).
+        settings["helper_cpus"] = sorted(os.sched_getaffinity(0))
         # The service's own CPU settings, which it takes from the environment bench/run was started in.
         settings["service_cpu_settings"] = {
             k: os.environ[k] for k in ("SERVE_CPUS", "RELAY_CPUS") if k in os.environ
