@@ -72,11 +72,16 @@ def kafka_bootstrap() -> Iterator[str]:
     if configured:
         yield configured
         return
-    started = subprocess.run(
-        [str(ROOT / "scripts" / "kafka-local"), "start"], capture_output=True, text=True, timeout=900
-    )
+    script = str(ROOT / "scripts" / "kafka-local")
+    # A broker already running (a developer's) is used and left running; one started here is stopped.
+    running = subprocess.run([script, "status"], capture_output=True, text=True, timeout=60).returncode == 0
+    started = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
     assert started.returncode == 0, started.stderr[-2000:]
-    yield started.stdout.strip().splitlines()[-1]
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        if not running:
+            subprocess.run([script, "stop"], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
