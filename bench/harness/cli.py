@@ -51,7 +51,7 @@ def _cpus(text: str) -> set[int]:
     return cpus
 
 
-def keep_off(cpus: set[int]) -> None:
+def keep_off(cpus: set[int], machine_cpus: set[int]) -> None:
     """This harness, and so every process it starts unless told otherwise, off the measured CPUs.
 
     Left to the scheduler, the broker (busy only while the service publishes) and wrk's threads
@@ -59,7 +59,7 @@ def keep_off(cpus: set[int]) -> None:
     the comparison does not pay in the same measure. (PostgreSQL is the exception: see
     Bench.start_database.)
     """
-    rest = os.sched_getaffinity(0) - cpus
+    rest = machine_cpus - cpus
     if rest:
         os.sched_setaffinity(0, rest)
 
@@ -172,7 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cpus:
-        keep_off(args.cpus)
+        keep_off(args.cpus, args.machine_cpus)
     bench = Bench(args)
 
     def on_signal(signum: int, frame: Any) -> None:

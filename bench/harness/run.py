@@ -302,14 +302,13 @@ class Bench:
         # Every request waits on this server, so it may use any CPU, as it could before the helpers were
         # kept off the measured ones: confined with wrk, Kafka and the relay to the others, it answered
         # more slowly than a server of its own would, and the service idled waiting for it.
-        machine_cpus = a.machine_cpus
         out = subprocess.run(
             [script, "start", *where],
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
-            preexec_fn=lambda: os.sched_setaffinity(0, machine_cpus),
+            preexec_fn=lambda: os.sched_setaffinity(0, a.machine_cpus),
         )
         if out.returncode != 0:
             raise RuntimeError(f"postgres-local start failed:\n{out.stderr[-3000:]}")
